@@ -1,0 +1,29 @@
+// Element-wise math of the IO pipeline (SPEC §1), shared by the CPU code and its CUDA twin.
+#pragma once
+#include <cmath>
+
+#include "rng.h"
+
+namespace rpu {
+
+// DAC/ADC: quantize to multiples of `step` (0 = no quantization) and clip to +-bound
+// (bound <= 0 = no clipping).  Deterministic rounding is round-half-up; stochastic rounding
+// rounds up with probability equal to the fractional part (u is uniform in (0,1)).
+// floor() through an integer conversion (vectorizes without SSE4.1); |x| < 2^30.
+RPU_HD float floor_small(float x) {
+  float t = (float)(int)x;
+  return t > x ? t - 1.0f : t;
+}
+
+RPU_HD float quantize_clip(float v, float step, float bound, bool sto_round, float u) {
+  if (step > 0.0f) {
+    float q = v / step;
+    q = q < -1.0e9f ? -1.0e9f : (q > 1.0e9f ? 1.0e9f : q);
+    q = floor_small(q + (sto_round ? u : 0.5f));
+    v = q * step;
+  }
+  if (bound > 0.0f) v = v < -bound ? -bound : (v > bound ? bound : v);
+  return v;
+}
+
+}  // namespace rpu

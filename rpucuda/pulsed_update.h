@@ -1,0 +1,29 @@
+// The pulsed (stochastic pulse-train) weight update of SPEC §2.
+#pragma once
+#include <cstdint>
+
+#include "devices.h"
+#include "parameters.h"
+
+namespace rpu {
+
+// W[M, K] <- W - lr * sum_n d_n (x) x_n, done with pulses on the devices of `dev`.
+// X is [N, K], D is [N, M] (row-major).  Samples are applied one after the other.
+// Random draws are indexed by (seed, call, sample, line, slot), independent of threads.
+void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N, float lr,
+                   const UpdateParameters &up, const DeviceArray &dev, uint64_t seed,
+                   uint64_t call);
+
+// Exact update W -= lr * D^T X (floating-point devices and pulse_type NONE).
+void exact_update(float *W, int M, int K, const float *X, const float *D, int N, float lr);
+
+// The pulse-train length and the probability scales of SPEC §2 for one sample.
+struct PulseScales {
+  int bl = 0;            // pulse slots (0 = nothing to do)
+  float x_scale = 0.0f;  // p_i = min(1, x_scale * |x_i|)
+  float d_scale = 0.0f;  // q_j = min(1, d_scale * |d_j|)
+};
+PulseScales pulse_scales(float x_max, float d_max, float lr, float dw_min, const UpdateParameters &up,
+                         int bl_override);
+
+}  // namespace rpu

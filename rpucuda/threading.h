@@ -1,0 +1,19 @@
+// One small thread pool for all of rpucuda.  BLAS runs single-threaded inside it (each worker
+// multiplies its own slice), so there is never a second pool competing for the cores.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace rpu {
+
+// Number of threads used by rpucuda (>= 1).  Also sets the BLAS library to one thread.
+void set_num_threads(int n);
+int get_num_threads();
+
+// Runs fn(begin, end) on disjoint chunks covering [0, n).  Chunks are at least `grain` long.
+// Safe to call from several threads at once: a caller that finds the pool busy runs its whole
+// range itself.  Results must not depend on the chunking (rpucuda's random numbers are indexed
+// by element, not by thread).
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn);
+
+}  // namespace rpu
