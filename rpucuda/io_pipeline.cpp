@@ -64,7 +64,8 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
   std::memset(Y, 0, sizeof(float) * (size_t)N * out);
 
   // Weight read noise: one noisy copy of W per call (SPEC §1.5).
-  static thread_local std::vector<float> w_noisy;
+  static thread_local std::vector<float> tl_w_noisy;
+  std::vector<float> &w_noisy = tl_w_noisy;
   const float *Wu = W;
   if (io.w_noise > 0.0f && io.w_noise_type != WeightNoiseType::None) {
     w_noisy.resize((size_t)M * K);
@@ -114,8 +115,11 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
   if (inp_frac > 0.0f) r_limit = std::min(r_limit, io.max_bm_res / inp_frac);
 
   // Scratch kept per calling thread: fresh large allocations would page-fault on every call.
-  static thread_local std::vector<float> xq, yb, s, r, amax_row;
-  static thread_local std::vector<int> rows, next_rows;
+  // (Local references: the worker threads of parallel_for must see the caller's buffers.)
+  static thread_local std::vector<float> tl_xq, tl_yb, tl_s, tl_r, tl_amax;
+  static thread_local std::vector<int> tl_rows, tl_next;
+  std::vector<float> &xq = tl_xq, &yb = tl_yb, &s = tl_s, &r = tl_r, &amax_row = tl_amax;
+  std::vector<int> &rows = tl_rows, &next_rows = tl_next;
   s.resize(N);
   r.resize(N);
   amax_row.resize(N);
