@@ -9,6 +9,7 @@ void bind_parameters(py::module_ &m);
 void bind_tiles(py::module_ &m);
 void bind_devices(py::module_ &m);
 void bind_inference(py::module_ &m);
+void bind_rng(py::module_ &m);
 
 PYBIND11_MODULE(rpu_base, m) {
   m.doc() = "rpucuda bindings: tiles, devices, parameters (CPU build)";
@@ -24,6 +25,8 @@ PYBIND11_MODULE(rpu_base, m) {
   bind_devices(devices);
   auto inference = m.def_submodule("inference", "PCM programming, drift, read noise, compensation");
   bind_inference(inference);
+  auto rng = m.def_submodule("rng", "Counter-based random numbers (Philox4x32-10), for testing");
+  bind_rng(rng);
   auto cuda = m.def_submodule("cuda", "CUDA support");
 #ifdef RPU_WITH_CUDA
   cuda.def("is_compiled", []() { return true; });

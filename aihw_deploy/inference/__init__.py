@@ -1,0 +1,7 @@
+"""Hardware-aware inference: PCM noise model, drift compensation, drift evaluation."""
+
+from ..simulator.configs import GlobalDriftCompensation, PCMLikeNoiseModel, PerColumnDriftCompensation
+from .chip import drift_analog_weights, program_analog_weights
+
+__all__ = ["PCMLikeNoiseModel", "GlobalDriftCompensation", "PerColumnDriftCompensation",
+           "program_analog_weights", "drift_analog_weights"]

@@ -1,0 +1,115 @@
+"""AnalogConv1d/2d/3d: convolution as an im2col product on analog tiles."""
+
+import math
+from typing import Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import AnalogLayerBase
+
+IntOrTuple = Union[int, Tuple[int, ...]]
+
+
+def _tuple(v: IntOrTuple, n: int, name: str, minimum: int) -> Tuple[int, ...]:
+    t = (v,) * n if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
+    if len(t) != n or any(not isinstance(i, int) or isinstance(i, bool) or i < minimum for i in t):
+        raise ValueError(f"{name}: expected an int >= {minimum} or a tuple of {n} such ints, got {v!r}")
+    return t
+
+
+def im2col(x: Tensor, kernel: Tuple[int, ...], stride: Tuple[int, ...], padding: Tuple[int, ...],
+           dilation: Tuple[int, ...]) -> Tuple[Tensor, Tuple[int, ...]]:
+    """x [N, C, *S] -> columns [N * prod(L), C * prod(kernel)] and the output size L."""
+    d = len(kernel)
+    pad = []
+    for p in reversed(padding):
+        pad += [p, p]
+    if any(padding):
+        x = F.pad(x, pad)
+    for i in range(d):
+        span = (kernel[i] - 1) * dilation[i] + 1
+        if x.shape[2 + i] < span:
+            raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
+        x = x.unfold(2 + i, span, stride[i])
+        if dilation[i] > 1:
+            x = x[..., :: dilation[i]]
+    n, c = x.shape[:2]
+    out_size = tuple(x.shape[2:2 + d])
+    perm = [0] + list(range(2, 2 + d)) + [1] + list(range(2 + d, 2 + 2 * d))
+    cols = x.permute(*perm).reshape(n * math.prod(out_size), c * math.prod(kernel))
+    return cols, out_size
+
+
+class _AnalogConvNd(AnalogLayerBase):
+    _dims = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple, stride: IntOrTuple = 1,
+                 padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True,
+                 rpu_config=None):
+        super().__init__()
+        name = type(self).__name__
+        for arg, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}: {arg} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must be divisible by groups ({groups})")
+        n = self._dims
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _tuple(kernel_size, n, f"{name}.kernel_size", 1)
+        self.stride = _tuple(stride, n, f"{name}.stride", 1)
+        self.padding = _tuple(padding, n, f"{name}.padding", 0)
+        self.dilation = _tuple(dilation, n, f"{name}.dilation", 1)
+        in_size = in_channels // groups * math.prod(self.kernel_size)
+        self._setup_tiles(out_channels // groups, in_size, bias, rpu_config, groups=groups)
+
+    def _layer_name(self) -> str:
+        return f"{type(self).__name__}(in_channels={self.in_channels})"
+
+    def _torch_weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        n = self._dims
+        if x.dim() != n + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{self._layer_name()}: expected input [N, {self.in_channels}, {', '.join('*' * n)}], "
+                             f"got shape {tuple(x.shape)}")
+        batch = x.shape[0]
+        cg = self.in_channels // self.groups
+        outs = []
+        size = None
+        for g in range(self.groups):
+            xg = x[:, g * cg:(g + 1) * cg] if self.groups > 1 else x
+            cols, size = im2col(xg, self.kernel_size, self.stride, self.padding, self.dilation)
+            outs.append(self._tile_product(cols, g))
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(batch, *size, self.out_channels)
+        return y.permute(0, n + 1, *range(1, n + 1))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self._has_bias}, "
+                f"rpu_config={type(self.rpu_config).__name__}")
+
+
+class AnalogConv1d(_AnalogConvNd):
+    """1-d convolution on analog tiles; input ``[N, C_in, L]`` -> ``[N, C_out, L_out]``."""
+
+    _dims = 1
+
+
+class AnalogConv2d(_AnalogConvNd):
+    """2-d convolution on analog tiles; input ``[N, C_in, H, W]`` -> ``[N, C_out, H_out, W_out]``."""
+
+    _dims = 2
+
+
+class AnalogConv3d(_AnalogConvNd):
+    """3-d convolution on analog tiles; input ``[N, C_in, D, H, W]`` -> ``[N, C_out, D', H', W']``."""
+
+    _dims = 3

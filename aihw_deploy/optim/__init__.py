@@ -1,0 +1,5 @@
+"""Optimizers for analog models."""
+
+from .analog_optimizer import AnalogSGD
+
+__all__ = ["AnalogSGD"]

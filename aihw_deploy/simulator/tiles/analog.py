@@ -1,0 +1,95 @@
+"""Analog (pulsed) tile: IO-managed forward/backward and pulsed update in rpucuda."""
+
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import rpu_base
+from .base import TileBase
+
+
+class AnalogTile(TileBase):
+    """Weights live on simulated devices in rpucuda; ``weight`` mirrors them for inspection
+    and checkpoints.  The update is applied by :class:`~aihw_deploy.optim.AnalogSGD` from the
+    (x, d) pairs collected during backward."""
+
+    config_name = "SingleRPUConfig"
+
+    def __init__(self, out_size: int, in_size: int, rpu_config, analog_bias: bool = False):
+        super().__init__(out_size, in_size, rpu_config, analog_bias)
+        cols = self.weight.shape[1]
+        self._native = rpu_base.tiles.AnalogTile(
+            out_size, cols, rpu_config.device.as_bindings(), rpu_config.forward.as_bindings(),
+            rpu_config.backward.as_bindings(), rpu_config.update.as_bindings(),
+            rpu_config.mapping.as_bindings(), self.seed)
+        self._pending: List[Tuple[Tensor, Tensor]] = []
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        # The devices clip to their bounds: mirror what the chip really holds.
+        self._native.set_weights(self.weight.detach())
+        self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.empty(x.shape[0], self.out_size)
+        self._native.forward(x, out)
+        return out
+
+    def backward(self, d: Tensor) -> Tensor:
+        out = torch.empty(d.shape[0], self.weight.shape[1])
+        self._native.backward(d, out)
+        return out
+
+    def pending_update(self, x: Tensor, d: Tensor) -> bool:
+        self._pending.append((x, d))
+        return True
+
+    def apply_update(self, lr: float) -> None:
+        """Applies the pulsed update ``W -= lr * sum d^T x`` for the collected pairs."""
+        if not self._pending:
+            return
+        if len(self._pending) == 1:
+            x, d = self._pending[0]
+        else:
+            x = torch.cat([p[0] for p in self._pending])
+            d = torch.cat([p[1] for p in self._pending])
+        self._pending.clear()
+        self._native.learning_rate = float(lr)
+        self._native.update(x.contiguous(), d.contiguous())
+        self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
+
+    def clear_pending(self) -> None:
+        self._pending.clear()
+
+    # -- state ---------------------------------------------------------------------------------
+    def get_state(self) -> Dict[str, Any]:
+        state = super().get_state()
+        state["call"] = int(self._native.call_index)
+        state["device_arrays"] = torch.from_numpy(self._native.get_device_arrays())
+        state["weights"] = torch.from_numpy(self._native.get_weights())
+        return state
+
+    def set_state(self, state: Dict[str, Any]) -> None:
+        super().set_state(state)
+        arrays = torch.as_tensor(state["device_arrays"], dtype=torch.float32).contiguous()
+        self._native.set_device_arrays(arrays)
+        self._native.set_raw_weights(torch.as_tensor(state["weights"], dtype=torch.float32).contiguous())
+        self._native.set_generator(self.seed, self.call)
+        self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
+
+    def __getstate__(self) -> Dict[str, Any]:
+        d = self.__dict__.copy()
+        d.pop("_native")
+        d["_pending"] = []
+        d["_native_state"] = self.get_state()
+        return d
+
+    def __setstate__(self, d: Dict[str, Any]) -> None:
+        native_state = d.pop("_native_state")
+        self.__dict__.update(d)
+        cfg = self.rpu_config
+        self._native = rpu_base.tiles.AnalogTile(
+            self.out_size, self.weight.shape[1], cfg.device.as_bindings(), cfg.forward.as_bindings(),
+            cfg.backward.as_bindings(), cfg.update.as_bindings(), cfg.mapping.as_bindings(), self.seed)
+        self.set_state(native_state)

@@ -1,0 +1,124 @@
+"""Common parts of the Python tiles: weights as an ``nn.Parameter``, device handling, state."""
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import rpu_base
+
+
+class CudaError(RuntimeError):
+    """Raised when CUDA is requested but rpucuda was built without CUDA kernels."""
+
+
+def _new_seed() -> int:
+    # Drawn from torch's generator so that torch.manual_seed makes models reproducible.
+    return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+
+
+class TileBase:
+    """A layer's crossbar: weights ``[out_size, in_size]`` (plus one column for an analog bias).
+
+    Tensor shapes: ``forward`` x ``[N, in_size]`` -> ``[N, out_size]``; ``backward``
+    d ``[N, out_size]`` -> ``[N, in_size]``.
+    """
+
+    config_name = ""
+
+    def __init__(self, out_size: int, in_size: int, rpu_config: Any, analog_bias: bool = False):
+        if not isinstance(out_size, int) or out_size <= 0:
+            raise ValueError(f"{type(self).__name__}: out_size must be a positive int, got {out_size!r}")
+        if not isinstance(in_size, int) or in_size <= 0:
+            raise ValueError(f"{type(self).__name__}: in_size must be a positive int, got {in_size!r}")
+        self.out_size = out_size
+        self.in_size = in_size
+        self.analog_bias = analog_bias
+        self.rpu_config = rpu_config
+        self.device = torch.device("cpu")
+        cols = in_size + (1 if analog_bias else 0)
+        bound = 1.0 / max(1, in_size) ** 0.5
+        self.weight = nn.Parameter(torch.empty(out_size, cols).uniform_(-bound, bound))
+        self.weight._aihw_tile = self  # lets the optimizer find the tile of a parameter
+        self.seed = _new_seed()
+        self.call = 0
+
+    # -- weights -----------------------------------------------------------------------------
+    def get_weights(self) -> Tuple[Tensor, Optional[Tensor]]:
+        """Returns ``(weight [out, in], bias [out] or None)`` (copies, CPU)."""
+        w = self.weight.detach().clone()
+        if self.analog_bias:
+            return w[:, :-1].contiguous(), w[:, -1].contiguous()
+        return w, None
+
+    def set_weights(self, weight: Tensor, bias: Optional[Tensor] = None) -> None:
+        """Sets ``weight [out, in]`` (and the analog ``bias [out]``)."""
+        weight = torch.as_tensor(weight, dtype=torch.float32)
+        if tuple(weight.shape) != (self.out_size, self.in_size):
+            raise ValueError(f"set_weights: weight must have shape ({self.out_size}, {self.in_size}), "
+                             f"got {tuple(weight.shape)}")
+        if not torch.isfinite(weight).all():
+            raise ValueError("set_weights: weight contains NaN or Inf")
+        with torch.no_grad():
+            if self.analog_bias:
+                b = torch.zeros(self.out_size) if bias is None else torch.as_tensor(bias, dtype=torch.float32).reshape(-1)
+                if b.numel() != self.out_size:
+                    raise ValueError(f"set_weights: bias must have {self.out_size} values, got {b.numel()}")
+                self.weight.data.copy_(torch.cat([weight, b[:, None]], 1))
+            else:
+                self.weight.data.copy_(weight)
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        """Hook: the weight parameter was written from outside."""
+
+    def next_call(self) -> int:
+        c = self.call
+        self.call += 1
+        return c
+
+    # -- compute ---------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, d: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pending_update(self, x: Tensor, d: Tensor) -> bool:
+        """Called by the autograd function with the (x, d) pair; True if the tile will apply
+        the update itself (pulsed tiles) instead of a gradient on ``weight``."""
+        return False
+
+    def post_update_step(self) -> None:
+        """Called by the optimizer after each step (clip/remap, weight sync)."""
+
+    # -- devices -----------------------------------------------------------------------------
+    def to(self, device: Any) -> "TileBase":
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not rpu_base.cuda.is_compiled():
+                raise CudaError("aihw-deploy was built without CUDA support (rpu_base.cuda.is_compiled() is False)")
+        elif device.type != "cpu":
+            raise ValueError(f"{type(self).__name__}.to: unsupported device {device}")
+        return self
+
+    def cuda(self, device: Any = None) -> "TileBase":
+        return self.to("cuda" if device is None else device)
+
+    def cpu(self) -> "TileBase":
+        return self.to("cpu")
+
+    # -- state -------------------------------------------------------------------------------
+    def get_state(self) -> Dict[str, Any]:
+        """Plain values and tensors describing everything but the weight parameter."""
+        return {"seed": int(self.seed), "call": int(self.call), "shape": [self.out_size, self.in_size],
+                "analog_bias": bool(self.analog_bias)}
+
+    def set_state(self, state: Dict[str, Any]) -> None:
+        if list(state.get("shape", [])) != [self.out_size, self.in_size]:
+            raise ValueError(f"{type(self).__name__}: checkpoint tile has shape {state.get('shape')}, "
+                             f"this tile is [{self.out_size}, {self.in_size}]")
+        if bool(state.get("analog_bias", False)) != self.analog_bias:
+            raise ValueError(f"{type(self).__name__}: checkpoint analog_bias differs from this layer's")
+        self.seed = int(state["seed"])
+        self.call = int(state["call"])

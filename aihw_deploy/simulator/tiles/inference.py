@@ -1,0 +1,168 @@
+"""Inference tile: hardware-aware training and inference on a programmed PCM chip (SPEC §4)."""
+
+import math
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from .. import rpu_base
+from .base import TileBase
+from .modifiers import clip_weights_, modify_weights, remap_weights_
+
+
+class InferenceTile(TileBase):
+    """Reference weights are an ordinary parameter (trained with plain SGD on gradients from
+    an IO-managed forward).  ``program()`` writes them onto a simulated PCM chip (programming
+    noise, drift exponents) and ``drift(t)`` gives the chip's weights ``t`` seconds later.
+
+    Forward: train mode uses the modifier copy of the weights; eval mode uses the drifted
+    chip weights if programmed (times the drift-compensation ``alpha``), else the reference
+    weights, always through the IO pipeline of ``rpu_config.forward``.
+    """
+
+    config_name = "InferenceRPUConfig"
+
+    def __init__(self, out_size: int, in_size: int, rpu_config, analog_bias: bool = False):
+        super().__init__(out_size, in_size, rpu_config, analog_bias)
+        self._compile()
+        self.training = True
+        self.out_scaling = torch.ones(out_size)  # digital scale moved out by remapping
+        self.programmed = None  # rpu_base.inference.ProgrammedWeights
+        self.program_seed: Optional[int] = None
+        self.t_inference: Optional[float] = None
+        self.chip_weights: Optional[Tensor] = None  # weights at t_inference [out, cols]
+        self.alpha: Optional[Tensor] = None
+        self.reference: Optional[Tensor] = None  # compensation read-out after programming
+
+    def _compile(self) -> None:
+        cfg = self.rpu_config
+        self._fwd = cfg.forward.as_bindings()
+        self._bwd = cfg.backward.as_bindings()
+        self._map = cfg.mapping.as_bindings()
+        self._noise = cfg.noise_model.as_bindings() if cfg.noise_model is not None else None
+        comp = cfg.drift_compensation
+        kinds = rpu_base.inference.DriftCompensationType
+        self._comp = {None: kinds.NONE, "none": kinds.NONE, "global": kinds.GLOBAL,
+                      "per_column": kinds.PER_COLUMN}[None if comp is None else comp.kind]
+
+    # -- compute ---------------------------------------------------------------------------------
+    def _forward_weights(self) -> Tensor:
+        cfg = self.rpu_config
+        if self.training:
+            return modify_weights(self.weight.detach(), cfg.modifier).contiguous()
+        if self.chip_weights is not None:
+            return self.chip_weights
+        if cfg.modifier.enable_during_test:
+            return modify_weights(self.weight.detach(), cfg.modifier).contiguous()
+        return self.weight.detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.empty(x.shape[0], self.out_size)
+        alpha = self.alpha if (not self.training and self.chip_weights is not None) else None
+        rpu_base.tiles.io_mvm(self._forward_weights(), x, out, io=self._fwd, mapping=self._map,
+                              alpha=alpha, seed=self.seed, call=self.next_call())
+        if self.rpu_config.remap.type.name != "NONE":
+            out.mul_(self.out_scaling)
+        return out
+
+    def backward(self, d: Tensor) -> Tensor:
+        if self.rpu_config.remap.type.name != "NONE":
+            d = (d * self.out_scaling).contiguous()
+        out = torch.empty(d.shape[0], self.weight.shape[1])
+        rpu_base.tiles.io_mvm(self.weight.detach(), d, out, io=self._bwd, mapping=self._map,
+                              bound_management=False, seed=self.seed, call=self.next_call(),
+                              transposed=True)
+        return out
+
+    def weight_gradient_scale(self) -> Optional[Tensor]:
+        """Per-row factor of the weight gradient (the remapping's digital scale)."""
+        if self.rpu_config.remap.type.name != "NONE":
+            return self.out_scaling
+        return None
+
+    def post_update_step(self) -> None:
+        with torch.no_grad():
+            clip_weights_(self.weight.data, self.rpu_config.clip)
+            remap_weights_(self.weight.data, self.out_scaling, self.rpu_config.remap)
+
+    # -- chip --------------------------------------------------------------------------------
+    def program(self, seed: Optional[int] = None) -> None:
+        """Programs the reference weights onto PCM devices (SPEC §4.1-4.2) and records the
+        drift-compensation reference (SPEC §4.3)."""
+        if self._noise is None:
+            raise RuntimeError("program_analog_weights: rpu_config.noise_model is None")
+        self.program_seed = int(self.seed if seed is None else seed)
+        self.programmed = rpu_base.inference.pcm_program(self.weight.detach().contiguous(), self._noise,
+                                                         self.program_seed)
+        w0 = torch.from_numpy(rpu_base.inference.pcm_weights_at(self.programmed, self._noise, 0.0,
+                                                                 self.program_seed, 0))
+        self.reference = self._readout(w0)
+        self.chip_weights = w0
+        self.t_inference = 0.0
+        self.alpha = torch.ones_like(self.reference)
+
+    def drift(self, t_inference: float, call: int = 1) -> None:
+        """Sets the chip weights to their state ``t_inference`` seconds after programming
+        (drift and a fresh read-noise sample) and updates ``alpha``."""
+        t = float(t_inference)
+        if not math.isfinite(t) or t < 0:
+            raise ValueError(f"drift_analog_weights: t_inference must be a finite number of seconds >= 0, got {t_inference!r}")
+        if self.programmed is None:
+            self.program()
+        w = torch.from_numpy(rpu_base.inference.pcm_weights_at(self.programmed, self._noise, t,
+                                                                self.program_seed, int(call)))
+        self.chip_weights = w
+        self.t_inference = t
+        if self._comp != rpu_base.inference.DriftCompensationType.NONE:
+            now = self._readout(w)
+            self.alpha = self.reference / now
+        else:
+            self.alpha = torch.ones(1)
+
+    def _readout(self, w: Tensor) -> Tensor:
+        if self._comp == rpu_base.inference.DriftCompensationType.NONE:
+            return torch.ones(1)
+        return torch.from_numpy(rpu_base.inference.drift_readout(
+            w.contiguous(), self._fwd, self._map, self._comp, self.seed ^ 0x5DEECE66D, 0))
+
+    # -- state -------------------------------------------------------------------------------
+    def get_state(self) -> Dict[str, Any]:
+        state = super().get_state()
+        state["out_scaling"] = self.out_scaling.clone()
+        state["training"] = bool(self.training)
+        if self.programmed is not None:
+            pw = self.programmed.get_state()
+            state["programmed"] = {k: (torch.from_numpy(v) if hasattr(v, "shape") else float(v)) for k, v in pw.items()}
+            state["program_seed"] = int(self.program_seed)
+            state["t_inference"] = float(self.t_inference)
+            state["reference"] = self.reference.clone()
+        return state
+
+    def set_state(self, state: Dict[str, Any]) -> None:
+        super().set_state(state)
+        self.out_scaling = torch.as_tensor(state["out_scaling"], dtype=torch.float32).clone()
+        self.training = bool(state.get("training", True))
+        self.programmed = None
+        self.chip_weights = None
+        self.alpha = None
+        if "programmed" in state:
+            pw = rpu_base.inference.ProgrammedWeights()
+            pw.set_state({k: (v.numpy() if isinstance(v, Tensor) else v) for k, v in state["programmed"].items()})
+            self.programmed = pw
+            self.program_seed = int(state["program_seed"])
+            self.reference = torch.as_tensor(state["reference"], dtype=torch.float32)
+            self.drift(float(state["t_inference"]))
+
+    def __getstate__(self) -> Dict[str, Any]:
+        d = self.__dict__.copy()
+        for k in ("_fwd", "_bwd", "_map", "_noise", "_comp", "programmed", "chip_weights", "alpha", "reference"):
+            d.pop(k, None)
+        d["_tile_state"] = self.get_state()
+        return d
+
+    def __setstate__(self, d: Dict[str, Any]) -> None:
+        state = d.pop("_tile_state")
+        self.__dict__.update(d)
+        self._compile()
+        self.set_state(state)
