@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 
-def _tile_of(p: torch.Tensor):
-    return getattr(p, "_aihw_tile", None)
+from ..simulator.tiles.base import tile_of as _tile_of
 
 
 class AnalogSGD(torch.optim.SGD):

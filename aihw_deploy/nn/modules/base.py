@@ -146,6 +146,7 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
             new_tiles = [type(t)(t.out_size, t.in_size, cfg, t.analog_bias) for t in self._tiles]
             for old, new in zip(self._tiles, new_tiles):
                 new.weight = old.weight
+                new._register()
             self.rpu_config = cfg
             self._tiles = new_tiles
         for t, s in zip(self._tiles, state["tiles"]):

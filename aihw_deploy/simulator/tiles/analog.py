@@ -93,3 +93,4 @@ class AnalogTile(TileBase):
             self.out_size, self.weight.shape[1], cfg.device.as_bindings(), cfg.forward.as_bindings(),
             cfg.backward.as_bindings(), cfg.update.as_bindings(), cfg.mapping.as_bindings(), self.seed)
         self.set_state(native_state)
+        self._register()

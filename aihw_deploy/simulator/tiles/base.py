@@ -1,5 +1,6 @@
 """Common parts of the Python tiles: weights as an ``nn.Parameter``, device handling, state."""
 
+import weakref
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -10,6 +11,17 @@ from .. import rpu_base
 
 class CudaError(RuntimeError):
     """Raised when CUDA is requested but rpucuda was built without CUDA kernels."""
+
+
+# id(weight parameter) -> weak reference to its tile (checked for identity on lookup).
+_TILE_OF_PARAM: Dict[int, "weakref.ref"] = {}
+
+
+def tile_of(param: Any) -> Optional["TileBase"]:
+    """The tile whose weight is ``param``, or None for a digital parameter."""
+    ref = _TILE_OF_PARAM.get(id(param))
+    tile = ref() if ref is not None else None
+    return tile if tile is not None and tile.weight is param else None
 
 
 def _new_seed() -> int:
@@ -39,9 +51,13 @@ class TileBase:
         cols = in_size + (1 if analog_bias else 0)
         bound = 1.0 / max(1, in_size) ** 0.5
         self.weight = nn.Parameter(torch.empty(out_size, cols).uniform_(-bound, bound))
-        self.weight._aihw_tile = self  # lets the optimizer find the tile of a parameter
+        self._register()
         self.seed = _new_seed()
         self.call = 0
+
+    def _register(self) -> None:
+        # Lets the optimizer find the tile of a parameter (weakly: tiles die with their layer).
+        _TILE_OF_PARAM[id(self.weight)] = weakref.ref(self)
 
     # -- weights -----------------------------------------------------------------------------
     def get_weights(self) -> Tuple[Tensor, Optional[Tensor]]:

@@ -30,6 +30,7 @@ class FloatingPointTile(TileBase):
     def __setstate__(self, d):
         self.__dict__.update(d)
         self._compile()
+        self._register()
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.empty(x.shape[0], self.out_size)

@@ -166,3 +166,4 @@ class InferenceTile(TileBase):
         self.__dict__.update(d)
         self._compile()
         self.set_state(state)
+        self._register()

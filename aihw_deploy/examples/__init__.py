@@ -1,0 +1,1 @@
+"""Built-in examples (scikit-learn's digits data set, shipped with scikit-learn)."""
