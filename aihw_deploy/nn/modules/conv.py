@@ -23,6 +23,17 @@ def im2col(x: Tensor, kernel: Tuple[int, ...], stride: Tuple[int, ...], padding:
            dilation: Tuple[int, ...]) -> Tuple[Tensor, Tuple[int, ...]]:
     """x [N, C, *S] -> columns [N * prod(L), C * prod(kernel)] and the output size L."""
     d = len(kernel)
+    if d == 2:
+        # torch's own im2col (F.unfold) is the fast path for 2-d.
+        n = x.shape[0]
+        for i in range(2):
+            span = (kernel[i] - 1) * dilation[i] + 1
+            if x.shape[2 + i] + 2 * padding[i] < span:
+                raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
+        out_size = tuple((x.shape[2 + i] + 2 * padding[i] - (kernel[i] - 1) * dilation[i] - 1) // stride[i] + 1
+                         for i in range(2))
+        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, C*k, L]
+        return cols.transpose(1, 2).reshape(n * out_size[0] * out_size[1], -1), out_size
     pad = []
     for p in reversed(padding):
         pad += [p, p]
