@@ -27,7 +27,10 @@ class Pool {
     for (auto &t : workers_) t.join();
     workers_.clear();
     stop_ = false;
-    for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, i] { loop(i); });
+    // Each worker starts from the generation current now: reading it inside the new thread
+    // could miss a job posted before the thread first ran (and deadlock the caller).
+    const uint64_t gen0 = generation_;
+    for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, i, gen0] { loop(i, gen0); });
   }
 
   int size() const { return (int)workers_.size(); }
@@ -63,12 +66,7 @@ class Pool {
     if (e > b) (*fn_)(b, e);
   }
 
-  void loop(int idx) {
-    uint64_t seen = 0;
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      seen = generation_;
-    }
+  void loop(int idx, uint64_t seen) {
     for (;;) {
       std::unique_lock<std::mutex> lk(m_);
       cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
