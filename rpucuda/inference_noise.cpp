@@ -27,9 +27,9 @@ std::string validate(const PCMNoiseParameters &p) {
 }
 
 namespace {
-// Element pairs per parallel chunk: one Philox block holds the 4 samples of two weights
-// (g+ and g- of each).
-constexpr int64_t kPairGrain = 4096;
+// Weights per parallel chunk.  A chunk draws its random numbers in bulk (fill_normal_bulk is the
+// vectorized twin of normal_at); kChunk is even so each chunk starts on a Philox block.
+constexpr int64_t kChunk = 2048;
 }  // namespace
 
 void pcm_program(const float *W, int M, int K, const PCMNoiseParameters &p, uint64_t seed,
@@ -49,25 +49,31 @@ void pcm_program(const float *W, int M, int K, const PCMNoiseParameters &p, uint
   if (n == 0) return;
 
   const float scale = out.scale;
+  // The device of a pair that is not used has target g_min: its drift parameters are shared.
+  float mu0, sig0;
+  pcm_drift_mu_sigma(p.g_min, p.g_max, mu0, sig0);
   float *gp_out = out.g_plus.data(), *gm_out = out.g_minus.data();
   float *np_out = out.nu_plus.data(), *nm_out = out.nu_minus.data();
-  const int64_t n_pairs = (n + 1) / 2;
-  parallel_for(n_pairs, kPairGrain, [&](int64_t b, int64_t e) {
-    for (int64_t j = b; j < e; ++j) {
-      // Samples 4j..4j+3 = (2*idx, 2*idx+1) for idx = 2j and 2j+1.
-      float zp[4], zn[4];
-      normal4(rng_block(seed, TAG_PROG_NOISE, 0, 0, (uint64_t)j), zp);
-      normal4(rng_block(seed, TAG_DRIFT_NU, 0, 0, (uint64_t)j), zn);
-      for (int t = 0; t < 2; ++t) {
-        const int64_t idx = 2 * j + t;
-        if (idx >= n) break;
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+  parallel_for(n_chunks, 1, [&](int64_t cb, int64_t ce) {
+    std::vector<float> zp(2 * kChunk), zn(2 * kChunk);
+    for (int64_t c = cb; c < ce; ++c) {
+      const int64_t i0 = c * kChunk, L = std::min(kChunk, n - i0);
+      // Sample 2*idx is for g+, 2*idx+1 for g- (idx = row*K + col).
+      fill_normal_bulk(zp.data(), 2 * L, seed, TAG_PROG_NOISE, 0, 0, 2 * (uint64_t)i0);
+      fill_normal_bulk(zn.data(), 2 * L, seed, TAG_DRIFT_NU, 0, 0, 2 * (uint64_t)i0);
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t idx = i0 + t;
         float gtp, gtm;
         pcm_target_pair(W[idx], scale, p.g_max, p.g_min, gtp, gtm);
         gp_out[idx] = pcm_program_device(gtp, p.prog_coeff, p.g_max, p.prog_noise_scale, zp[2 * t]);
         gm_out[idx] =
             pcm_program_device(gtm, p.prog_coeff, p.g_max, p.prog_noise_scale, zp[2 * t + 1]);
-        np_out[idx] = pcm_drift_nu(gtp, p.g_max, p.drift_scale, zn[2 * t]);
-        nm_out[idx] = pcm_drift_nu(gtm, p.g_max, p.drift_scale, zn[2 * t + 1]);
+        float mup = mu0, sgp = sig0, mum = mu0, sgm = sig0;
+        if (gtp != p.g_min) pcm_drift_mu_sigma(gtp, p.g_max, mup, sgp);
+        if (gtm != p.g_min) pcm_drift_mu_sigma(gtm, p.g_max, mum, sgm);
+        np_out[idx] = pcm_drift_nu_from(mup, sgp, p.drift_scale, zn[2 * t]);
+        nm_out[idx] = pcm_drift_nu_from(mum, sgm, p.drift_scale, zn[2 * t + 1]);
       }
     }
   });
@@ -86,19 +92,22 @@ void pcm_weights_at(const ProgrammedWeights &pw, const PCMNoiseParameters &p, do
   const float inv_scale = 1.0f / pw.scale;
   const float *gp = pw.g_plus.data(), *gm = pw.g_minus.data();
   const float *np = pw.nu_plus.data(), *nm = pw.nu_minus.data();
-  const int64_t n_pairs = (n + 1) / 2;
-  parallel_for(n_pairs, kPairGrain, [&](int64_t b, int64_t e) {
-    for (int64_t j = b; j < e; ++j) {
-      float z[4];
-      normal4(rng_block(seed, TAG_READ_NOISE, 0, call, (uint64_t)j), z);
-      for (int t = 0; t < 2; ++t) {
-        const int64_t idx = 2 * j + t;
-        if (idx >= n) break;
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+  parallel_for(n_chunks, 1, [&](int64_t cb, int64_t ce) {
+    std::vector<float> z(2 * kChunk);
+    for (int64_t c = cb; c < ce; ++c) {
+      const int64_t i0 = c * kChunk, L = std::min(kChunk, n - i0);
+      if (sqrt_log_read > 0.0f && p.read_noise_scale > 0.0f)
+        fill_normal_bulk(z.data(), 2 * L, seed, TAG_READ_NOISE, 0, call, 2 * (uint64_t)i0);
+      else
+        std::fill(z.begin(), z.end(), 0.0f);
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t idx = i0 + t;
         const float a = pcm_read_device(gp[idx], np[idx], log_t, sqrt_log_read, p.g_max,
                                         p.read_noise_scale, z[2 * t]);
-        const float c = pcm_read_device(gm[idx], nm[idx], log_t, sqrt_log_read, p.g_max,
+        const float b = pcm_read_device(gm[idx], nm[idx], log_t, sqrt_log_read, p.g_max,
                                         p.read_noise_scale, z[2 * t + 1]);
-        W_out[idx] = (a - c) * inv_scale;
+        W_out[idx] = (a - b) * inv_scale;
       }
     }
   });

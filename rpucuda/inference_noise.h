@@ -85,13 +85,24 @@ RPU_HD float pcm_program_device(float g_t, const float c[3], float g_max, float 
   return fmaxf(0.0f, g_t + prog_noise_scale * pcm_prog_sigma(g_t, c, g_max) * xi);
 }
 
-// Drift exponent nu = max(0, |mu + sigma*xi|) * drift_scale, mu/sigma from g_rel = |g_T/g_max|.
-RPU_HD float pcm_drift_nu(float g_t, float g_max, float drift_scale, float xi) {
+// Mean and spread of the drift exponent of a device with target conductance g_t
+// (g_rel = max(|g_T/g_max|, 1e-7), mu and sigma clipped as in SPEC §4.2).
+RPU_HD void pcm_drift_mu_sigma(float g_t, float g_max, float &mu, float &sig) {
   const float g_rel = fmaxf(fabsf(g_t / g_max), 1e-7f);
   const float lg = logf(g_rel);
-  const float mu = fminf(fmaxf(-0.0155f * lg + 0.0244f, 0.049f), 0.1f);
-  const float sig = fminf(fmaxf(-0.0125f * lg - 0.0059f, 0.008f), 0.045f);
+  mu = fminf(fmaxf(-0.0155f * lg + 0.0244f, 0.049f), 0.1f);
+  sig = fminf(fmaxf(-0.0125f * lg - 0.0059f, 0.008f), 0.045f);
+}
+
+// Drift exponent nu = max(0, |mu + sigma*xi|) * drift_scale.
+RPU_HD float pcm_drift_nu_from(float mu, float sig, float drift_scale, float xi) {
   return fmaxf(0.0f, fabsf(mu + sig * xi)) * drift_scale;
+}
+
+RPU_HD float pcm_drift_nu(float g_t, float g_max, float drift_scale, float xi) {
+  float mu, sig;
+  pcm_drift_mu_sigma(g_t, g_max, mu, sig);
+  return pcm_drift_nu_from(mu, sig, drift_scale, xi);
 }
 
 // Q_s of the read noise for a programmed conductance.

@@ -15,15 +15,20 @@ RPU_HD float floor_small(float x) {
   return t > x ? t - 1.0f : t;
 }
 
+// NaN stays NaN (a non-finite input or weight must not turn into a plausible finite value);
+// the clamp before the integer conversion maps NaN to a finite value, so the conversion is
+// always defined.
 RPU_HD float quantize_clip(float v, float step, float bound, bool sto_round, float u) {
+  const float v_in = v;
   if (step > 0.0f) {
     float q = v / step;
-    q = q < -1.0e9f ? -1.0e9f : (q > 1.0e9f ? 1.0e9f : q);
+    q = q >= -1.0e9f ? q : -1.0e9f;
+    q = q <= 1.0e9f ? q : 1.0e9f;
     q = floor_small(q + (sto_round ? u : 0.5f));
     v = q * step;
   }
   if (bound > 0.0f) v = v < -bound ? -bound : (v > bound ? bound : v);
-  return v;
+  return v_in != v_in ? v_in : v;
 }
 
 }  // namespace rpu

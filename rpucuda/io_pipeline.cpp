@@ -133,7 +133,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
         float amax = 0.0f, mx = -INFINITY;
         for (int i = 0; i < Li; ++i) {
           float ax = fabsf(x[i]);
-          amax = ax > amax ? ax : amax;
+          amax = (ax > amax || ax != ax) ? ax : amax;  // a NaN input makes the scale NaN
           mx = x[i] > mx ? x[i] : mx;
         }
         float sn;
@@ -145,10 +145,10 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
           case NoiseManagementType::AbsMax:
           default:
             sn = amax;
-            if (io.nm_thres > 0.0f) sn = fminf(sn, io.nm_thres);
+            if (io.nm_thres > 0.0f && sn > io.nm_thres) sn = io.nm_thres;
         }
-        // A row of zeros gives zero output whatever the scale.
-        s[n] = amax == 0.0f ? 0.0f : sn;
+        // A row of zeros gives zero output whatever the scale; a row with NaN gives NaN.
+        s[n] = amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
         amax_row[n] = amax;
       }
     });
@@ -156,13 +156,13 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
       double avg = 0.0;
       for (int n = 0; n < N; ++n) avg += amax_row[n];
       float sa = (float)(avg / N);
-      if (io.nm_thres > 0.0f) sa = fminf(sa, io.nm_thres);
+      if (io.nm_thres > 0.0f && sa > io.nm_thres) sa = io.nm_thres;
       for (int n = 0; n < N; ++n) s[n] = s[n] == 0.0f ? 0.0f : sa;
     }
     rows.clear();
     for (int n = 0; n < N; ++n) {
       r[n] = 1.0f;
-      if (s[n] > 0.0f) rows.push_back(n);
+      if (s[n] != 0.0f) rows.push_back(n);  // NaN rows too: their output is NaN
     }
 
     for (int it = 0; !rows.empty(); ++it) {

@@ -17,6 +17,7 @@ from aihw_deploy.simulator.parameters import (
 io_mvm = rpu_base.tiles.io_mvm
 NM = NoiseManagementType
 BM = BoundManagementType
+F32 = float(np.finfo(np.float32).eps)
 
 
 def mvm(W, x, io, **kw):
@@ -64,8 +65,6 @@ def test_out_scale_and_alpha_in_non_perfect_pipeline():
     y4 = mvm(W, x, io_params(), seed=3, call=1, alpha=f32([1.7]))
     np.testing.assert_allclose(y4, y1 * np.float32(1.7), rtol=2 * F32)
 
-
-F32 = float(np.finfo(np.float32).eps)
 
 # --------------------------------------------------------------------------- quantization
 
@@ -323,6 +322,15 @@ def test_noise_management_constant_uses_nm_thres():
     y = mvm(W, xr, io_q)
     exp = 2.0 * (W[:, 0].astype(np.float64) * 0.125 - W[:, 1].astype(np.float64) * 0.125)
     np.testing.assert_allclose(y[0], exp, rtol=1e-5, atol=1e-6)
+
+
+def test_abs_max_nm_thres_caps_the_scale():
+    # aihwkit semantics: alpha = min(max|x|, nm_thres) for ABS_MAX; larger inputs clip.
+    W = f32(np.random.default_rng(19).uniform(-0.5, 0.5, size=(6, 4)))
+    x = f32([[2.0, -1.0, 0.3, 0.1], [0.2, -0.1, 0.05, 0.0]])
+    y = mvm(W, x, quiet_io(nm_thres=0.5))
+    ref = np.vstack([_clip_pipeline(W, x[:1], 0.5), _clip_pipeline(W, x[1:], 0.2)])
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_noise_management_max():

@@ -50,6 +50,14 @@ std::vector<float> finite_weights(py::object w, int M, int K) {
   return v;
 }
 
+// The pulsed update turns every input into pulse probabilities: a NaN or Inf would fire
+// arbitrary pulses (silently corrupting the devices), so it is rejected.
+void check_finite(const FloatBuf &b, const char *name) {
+  const int64_t n = b.numel();
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(b.ptr[i])) throw py::value_error(std::string(name) + ": contains NaN or Inf");
+}
+
 py::array_t<float> copy_weights(const std::vector<float> &w, int M, int K) {
   py::array_t<float> a = aihw::new_array(M, K);
   std::memcpy(a.mutable_data(), w.data(), sizeof(float) * w.size());
@@ -176,6 +184,8 @@ void bind_tiles(py::module_ &m) {
              FloatBuf xb = as_float_buffer(x, "x", false), db = as_float_buffer(d, "d", false);
              expect_2d(xb, "x", -1, t.in_size());
              expect_2d(db, "d", xb.shape[0], t.out_size());
+             check_finite(xb, "x");
+             check_finite(db, "d");
              py::gil_scoped_release nogil;
              t.update(xb.ptr, db.ptr, (int)xb.shape[0]);
            }, py::arg("x"), py::arg("d"), "Pulsed update: W -= learning_rate * d^T x on the devices")
