@@ -95,12 +95,13 @@ class InferenceTile(TileBase):
         self.program_seed = int(self.seed if seed is None else seed)
         self.programmed = rpu_base.inference.pcm_program(self.weight.detach().contiguous(), self._noise,
                                                          self.program_seed)
+        # Compensation reference: read-out of the chip at t = 0 with read-noise sample 0.
         w0 = torch.from_numpy(rpu_base.inference.pcm_weights_at(self.programmed, self._noise, 0.0,
                                                                  self.program_seed, 0))
         self.reference = self._readout(w0)
-        self.chip_weights = w0
-        self.t_inference = 0.0
-        self.alpha = torch.ones_like(self.reference)
+        # The chip as read at t = 0 (read-noise sample 1, like every drift(t)); the ONNX
+        # kernel uses the same convention, so both hosts see the same chip.
+        self.drift(0.0)
 
     def drift(self, t_inference: float, call: int = 1) -> None:
         """Sets the chip weights to their state ``t_inference`` seconds after programming
