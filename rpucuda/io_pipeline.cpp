@@ -61,7 +61,6 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     return;
   }
 
-  std::memset(Y, 0, sizeof(float) * (size_t)N * out);
 
   // Weight read noise: one noisy copy of W per call (SPEC §1.5).
   static thread_local std::vector<float> tl_w_noisy;
@@ -105,6 +104,10 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
       blocks.push_back(bl);
     }
   const uint64_t n_blocks = blocks.size();
+  // With one tile along the input, every output element is written exactly once (rows with a
+  // zero scale are zeroed explicitly), so Y need not be cleared and re-read.
+  const bool accumulate = n_in_chunks > 1;
+  if (accumulate) std::memset(Y, 0, sizeof(float) * (size_t)N * out);
 
   const float inp_step = quant_step(io.inp_res, io.inp_bound);
   const float out_step = quant_step(io.out_res, io.out_bound);
@@ -114,135 +117,169 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
   const float inp_frac = res_fraction(io.inp_res);
   if (inp_frac > 0.0f) r_limit = std::min(r_limit, io.max_bm_res / inp_frac);
 
-  // Scratch kept per calling thread: fresh large allocations would page-fault on every call.
-  // (Local references: the worker threads of parallel_for must see the caller's buffers.)
-  static thread_local std::vector<float> tl_xq, tl_yb, tl_s, tl_r, tl_amax;
+  // Per-row state shared by the workers (each row is written by one worker only).
+  static thread_local std::vector<float> tl_s, tl_r;
   static thread_local std::vector<int> tl_rows, tl_next;
-  std::vector<float> &xq = tl_xq, &yb = tl_yb, &s = tl_s, &r = tl_r, &amax_row = tl_amax;
+  static thread_local std::vector<char> tl_redo;
+  std::vector<float> &s = tl_s, &r = tl_r;
   std::vector<int> &rows = tl_rows, &next_rows = tl_next;
+  std::vector<char> &redo = tl_redo;
   s.resize(N);
   r.resize(N);
-  amax_row.resize(N);
+
+  auto noise_scale = [&](const float *x, int Li, float *amax_out) {
+    float amax = 0.0f, mx = -INFINITY;
+    int nan = 0;
+    for (int i = 0; i < Li; ++i) {  // (vectorizes: plain max plus a NaN flag)
+      float ax = fabsf(x[i]);
+      amax = ax > amax ? ax : amax;
+      mx = x[i] > mx ? x[i] : mx;
+      nan |= (x[i] != x[i]);
+    }
+    if (nan) amax = NAN;  // a NaN input makes the scale NaN
+    float sn;
+    switch (io.noise_management) {
+      case NoiseManagementType::None: sn = 1.0f; break;
+      case NoiseManagementType::Max: sn = mx > 0.0f ? mx : amax; break;
+      case NoiseManagementType::Constant: sn = io.nm_thres > 0.0f ? io.nm_thres : 1.0f; break;
+      case NoiseManagementType::AverageAbsMax:
+      case NoiseManagementType::AbsMax:
+      default:
+        sn = amax;
+        if (io.nm_thres > 0.0f && sn > io.nm_thres) sn = io.nm_thres;
+    }
+    *amax_out = amax;
+    // A row of zeros gives zero output whatever the scale; a row with NaN gives NaN.
+    return amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
+  };
+
+  constexpr int kSubRows = 128;  // rows multiplied at once by one worker (cache-sized)
+  // Loop constants as locals: the output buffers are float*, so without this the compiler must
+  // assume they alias the parameter struct and cannot vectorize the element loops.
+  const float inp_bound = io.inp_bound, out_bound = io.out_bound;
+  const float inp_noise = io.inp_noise, out_noise = io.out_noise;
+  const bool inp_sto = io.inp_sto_round && inp_step > 0.0f, out_sto = io.out_sto_round && out_step > 0.0f;
 
   for (const Block &bl : blocks) {
     const int Li = bl.i1 - bl.i0, Lo = bl.o1 - bl.o0;
-    // Noise management (SPEC §1.2).
-    parallel_for(N, 16, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n) {
-        const float *x = X + n * in + bl.i0;
-        float amax = 0.0f, mx = -INFINITY;
-        for (int i = 0; i < Li; ++i) {
-          float ax = fabsf(x[i]);
-          amax = (ax > amax || ax != ax) ? ax : amax;  // a NaN input makes the scale NaN
-          mx = x[i] > mx ? x[i] : mx;
-        }
-        float sn;
-        switch (io.noise_management) {
-          case NoiseManagementType::None: sn = 1.0f; break;
-          case NoiseManagementType::Max: sn = mx > 0.0f ? mx : amax; break;
-          case NoiseManagementType::Constant: sn = io.nm_thres > 0.0f ? io.nm_thres : 1.0f; break;
-          case NoiseManagementType::AverageAbsMax:
-          case NoiseManagementType::AbsMax:
-          default:
-            sn = amax;
-            if (io.nm_thres > 0.0f && sn > io.nm_thres) sn = io.nm_thres;
-        }
-        // A row of zeros gives zero output whatever the scale; a row with NaN gives NaN.
-        s[n] = amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
-        amax_row[n] = amax;
-      }
-    });
-    if (io.noise_management == NoiseManagementType::AverageAbsMax) {
+    const float *A = transposed ? Wu + (int64_t)bl.i0 * ld_w + bl.o0 : Wu + (int64_t)bl.o0 * ld_w + bl.i0;
+    const bool average_nm = io.noise_management == NoiseManagementType::AverageAbsMax;
+    if (average_nm) {
+      // The batch-wide scale needs every row first.
+      std::vector<float> amax_row(N);
+      parallel_for(N, 16, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n) s[n] = noise_scale(X + n * in + bl.i0, Li, &amax_row[n]);
+      });
       double avg = 0.0;
       for (int n = 0; n < N; ++n) avg += amax_row[n];
       float sa = (float)(avg / N);
       if (io.nm_thres > 0.0f && sa > io.nm_thres) sa = io.nm_thres;
-      for (int n = 0; n < N; ++n) s[n] = s[n] == 0.0f ? 0.0f : sa;
+      for (int n = 0; n < N; ++n) s[n] = (s[n] == 0.0f || s[n] != s[n]) ? s[n] : sa;
     }
-    rows.clear();
+    rows.resize(N);
     for (int n = 0; n < N; ++n) {
+      rows[n] = n;
       r[n] = 1.0f;
-      if (s[n] != 0.0f) rows.push_back(n);  // NaN rows too: their output is NaN
     }
 
     for (int it = 0; !rows.empty(); ++it) {
       const int Na = (int)rows.size();
-      xq.resize((size_t)Na * Li);
-      yb.resize((size_t)Na * Lo);
-      // DAC (SPEC §1.3-1.4).
-      parallel_for(Na, 8, [&](int64_t b, int64_t e) {
-        std::vector<float> tmp(Li);
-        for (int64_t a = b; a < e; ++a) {
-          const int n = rows[a];
-          const float *x = X + (int64_t)n * in + bl.i0;
-          float *q = xq.data() + a * Li;
-          const float f = 1.0f / (s[n] * r[n]);
-          const uint64_t base = ((uint64_t)n * n_blocks + bl.id) << kLocalBits;
-          if (io.inp_sto_round && inp_step > 0.0f) {
-            fill_uniform(tmp.data(), Li, rng, TAG_INP_STO_ROUND, it, base);
-            for (int i = 0; i < Li; ++i)
-              q[i] = quantize_clip(x[i] * f, inp_step, io.inp_bound, true, tmp[i]);
-          } else {
-            for (int i = 0; i < Li; ++i)
-              q[i] = quantize_clip(x[i] * f, inp_step, io.inp_bound, false, 0.0f);
-          }
-          if (io.inp_noise > 0.0f) {
-            fill_normal(tmp.data(), Li, rng, TAG_INP_NOISE, it, base);
-            for (int i = 0; i < Li; ++i) q[i] += io.inp_noise * tmp[i];
-          }
-        }
-      });
-      // Analog product of this tile (SPEC §1.6).
-      const float *A = transposed ? Wu + (int64_t)bl.i0 * ld_w + bl.o0 : Wu + (int64_t)bl.o0 * ld_w + bl.i0;
-      sgemm_parallel(false, !transposed, Na, Lo, Li, 1.0f, xq.data(), Li, A, ld_w, 0.0f, yb.data(), Lo);
-      // Output noise, ADC, saturation check, then accept or redo (SPEC §1.6-1.9).
-      std::vector<char> redo(Na, 0);
-      parallel_for(Na, 8, [&](int64_t b, int64_t e) {
-        std::vector<float> tmp(Lo);
-        for (int64_t a = b; a < e; ++a) {
-          const int n = rows[a];
-          float *y = yb.data() + a * Lo;
-          const uint64_t base = ((uint64_t)n * n_blocks + bl.id) << kLocalBits;
-          if (io.out_noise > 0.0f) {
-            fill_normal(tmp.data(), Lo, rng, TAG_OUT_NOISE, it, base);
-            for (int o = 0; o < Lo; ++o) y[o] += io.out_noise * tmp[o];
-          }
-          bool sat = false;
-          if (use_bm) {
-            int cnt = 0;
-            for (int o = 0; o < Lo; ++o) cnt += fabsf(y[o]) >= io.out_bound;
-            sat = cnt > 0;
-          }
-          if (sat) {
-            float r_next = 2.0f * r[n];
-            if (io.bound_management == BoundManagementType::IterativeWorstCase && it == 0) {
-              // Worst case: the input L1 norm times the largest |A| entry of this tile.
-              const float *x = X + (int64_t)n * in + bl.i0;
-              double l1 = 0.0;
-              for (int i = 0; i < Li; ++i) l1 += fabsf(x[i]) / (s[n] * r[n]);
-              float wmax = 0.0f;
-              for (int o = bl.o0; o < bl.o1; ++o)
-                for (int i = bl.i0; i < bl.i1; ++i) {
-                  float w = transposed ? Wu[(int64_t)i * ld_w + o] : Wu[(int64_t)o * ld_w + i];
-                  wmax = fmaxf(wmax, fabsf(w));
-                }
-              float rw = (float)(l1 * wmax / io.out_bound) * r[n];
-              r_next = fmaxf(r_next, std::exp2(std::ceil(std::log2(fmaxf(rw, 1.0f)))));
-              r_next = fminf(r_next, r_limit);
+      redo.assign(Na, 0);
+      // Each worker takes a slice of the rows through the whole pipeline: noise management,
+      // DAC, its own single-threaded product, output noise, ADC, bound-management decision.
+      parallel_for(Na, 4, [&](int64_t b, int64_t e) {
+        static thread_local std::vector<float> xq, yb, tmp;
+        static thread_local std::vector<int> act;
+        for (int64_t c0 = b; c0 < e; c0 += kSubRows) {
+          const int64_t c1 = std::min<int64_t>(e, c0 + kSubRows);
+          act.clear();
+          xq.resize((size_t)(c1 - c0) * Li);
+          yb.resize((size_t)(c1 - c0) * Lo);
+          tmp.resize(std::max(Li, Lo));
+          // Noise management and DAC (SPEC §1.2-1.4), row by row while the row is in cache.
+          for (int64_t a = c0; a < c1; ++a) {
+            const int n = rows[a];
+            if (it == 0 && !average_nm) {
+              float amax;
+              s[n] = noise_scale(X + (int64_t)n * in + bl.i0, Li, &amax);
             }
-            if (r_next <= r_limit && r_next > r[n]) {
-              r[n] = r_next;
-              redo[a] = 1;
+            if (s[n] == 0.0f) {  // zero row: zero output (NaN rows go on: their output is NaN)
+              if (!accumulate) std::memset(Y + (int64_t)n * out + bl.o0, 0, sizeof(float) * Lo);
               continue;
             }
+            const int k = (int)act.size();
+            act.push_back((int)a);
+            const float *__restrict x = X + (int64_t)n * in + bl.i0;
+            float *__restrict q = xq.data() + (int64_t)k * Li;
+            const float f = 1.0f / (s[n] * r[n]);
+            const uint64_t base = ((uint64_t)n * n_blocks + bl.id) << kLocalBits;
+            if (inp_sto) {
+              fill_uniform(tmp.data(), Li, rng, TAG_INP_STO_ROUND, it, base);
+              for (int i = 0; i < Li; ++i) q[i] = quantize_clip(x[i] * f, inp_step, inp_bound, true, tmp[i]);
+            } else {
+              for (int i = 0; i < Li; ++i) q[i] = quantize_clip(x[i] * f, inp_step, inp_bound, false, 0.0f);
+            }
+            if (inp_noise > 0.0f) {
+              fill_normal(tmp.data(), Li, rng, TAG_INP_NOISE, it, base);
+              for (int i = 0; i < Li; ++i) q[i] += inp_noise * tmp[i];
+            }
           }
-          float *yo = Y + (int64_t)n * out + bl.o0;
-          const float f = s[n] * r[n];
-          if (io.out_sto_round && out_step > 0.0f) {
-            fill_uniform(tmp.data(), Lo, rng, TAG_OUT_STO_ROUND, it, base);
-            for (int o = 0; o < Lo; ++o) yo[o] += f * quantize_clip(y[o], out_step, io.out_bound, true, tmp[o]);
-          } else {
-            for (int o = 0; o < Lo; ++o) yo[o] += f * quantize_clip(y[o], out_step, io.out_bound, false, 0.0f);
+          const int na = (int)act.size();
+          if (na == 0) continue;
+          // Analog product of this tile (SPEC §1.6).
+          sgemm(false, !transposed, na, Lo, Li, 1.0f, xq.data(), Li, A, ld_w, 0.0f, yb.data(), Lo);
+          // Output noise, ADC, saturation check, then accept or redo (SPEC §1.6-1.9).
+          for (int k = 0; k < na; ++k) {
+            const int a = act[k];
+            const int n = rows[a];
+            float *__restrict y = yb.data() + (int64_t)k * Lo;
+            const uint64_t base = ((uint64_t)n * n_blocks + bl.id) << kLocalBits;
+            if (out_noise > 0.0f) {
+              fill_normal(tmp.data(), Lo, rng, TAG_OUT_NOISE, it, base);
+              for (int o = 0; o < Lo; ++o) y[o] += out_noise * tmp[o];
+            }
+            bool sat = false;
+            if (use_bm) {
+              int cnt = 0;
+              for (int o = 0; o < Lo; ++o) cnt += fabsf(y[o]) >= out_bound;
+              sat = cnt > 0;
+            }
+            if (sat) {
+              float r_next = 2.0f * r[n];
+              if (io.bound_management == BoundManagementType::IterativeWorstCase && it == 0) {
+                // Worst case: the input L1 norm times the largest |A| entry of this tile.
+                const float *x = X + (int64_t)n * in + bl.i0;
+                double l1 = 0.0;
+                for (int i = 0; i < Li; ++i) l1 += fabsf(x[i]) / (s[n] * r[n]);
+                float wmax = 0.0f;
+                for (int o = bl.o0; o < bl.o1; ++o)
+                  for (int i = bl.i0; i < bl.i1; ++i) {
+                    float w = transposed ? Wu[(int64_t)i * ld_w + o] : Wu[(int64_t)o * ld_w + i];
+                    wmax = fmaxf(wmax, fabsf(w));
+                  }
+                float rw = (float)(l1 * wmax / out_bound) * r[n];
+                r_next = fmaxf(r_next, std::exp2(std::ceil(std::log2(fmaxf(rw, 1.0f)))));
+                r_next = fminf(r_next, r_limit);
+              }
+              if (r_next <= r_limit && r_next > r[n]) {
+                r[n] = r_next;
+                redo[a] = 1;
+                continue;
+              }
+            }
+            float *__restrict yo = Y + (int64_t)n * out + bl.o0;
+            const float f = s[n] * r[n];
+            if (out_sto) {
+              fill_uniform(tmp.data(), Lo, rng, TAG_OUT_STO_ROUND, it, base);
+              if (accumulate)
+                for (int o = 0; o < Lo; ++o) yo[o] += f * quantize_clip(y[o], out_step, out_bound, true, tmp[o]);
+              else
+                for (int o = 0; o < Lo; ++o) yo[o] = f * quantize_clip(y[o], out_step, out_bound, true, tmp[o]);
+            } else if (accumulate) {
+              for (int o = 0; o < Lo; ++o) yo[o] += f * quantize_clip(y[o], out_step, out_bound, false, 0.0f);
+            } else {
+              for (int o = 0; o < Lo; ++o) yo[o] = f * quantize_clip(y[o], out_step, out_bound, false, 0.0f);
+            }
           }
         }
       });
