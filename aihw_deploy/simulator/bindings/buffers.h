@@ -32,17 +32,33 @@ inline std::string shape_str(const std::vector<int64_t> &s) {
 inline FloatBuf as_float_buffer(py::handle obj, const char *name, bool writable) {
   FloatBuf b;
   if (obj.is_none()) throw py::type_error(std::string(name) + ": expected a float32 tensor or array, got None");
-  if (py::hasattr(obj, "data_ptr") && py::hasattr(obj, "is_contiguous")) {  // torch.Tensor
-    std::string dtype = py::str(obj.attr("dtype"));
-    if (dtype != "torch.float32")
-      throw py::type_error(std::string(name) + ": expected dtype torch.float32, got " + dtype);
-    std::string dev = py::str(obj.attr("device").attr("type"));
-    if (dev != "cpu")
+  // torch.Tensor, recognised without linking libtorch.  The common case (float32, CPU,
+  // contiguous) is checked with cheap identity/bool attribute tests.
+  static PyObject *tensor_type = nullptr;
+  static PyObject *torch_float32 = nullptr;
+  if (tensor_type == nullptr) {
+    PyObject *torch = PyImport_GetModule(py::str("torch").ptr());  // only if already imported
+    if (torch != nullptr) {
+      py::object t = py::reinterpret_steal<py::object>(torch);
+      tensor_type = py::object(t.attr("Tensor")).release().ptr();
+      torch_float32 = py::object(t.attr("float32")).release().ptr();
+    } else {
+      PyErr_Clear();
+    }
+  }
+  if (tensor_type != nullptr && PyObject_IsInstance(obj.ptr(), tensor_type) == 1) {
+    py::object dtype = obj.attr("dtype");
+    if (dtype.ptr() != torch_float32)
+      throw py::type_error(std::string(name) + ": expected dtype torch.float32, got " + std::string(py::str(dtype)));
+    if (!obj.attr("is_cpu").cast<bool>()) {
+      std::string dev = py::str(obj.attr("device").attr("type"));
       throw py::value_error(std::string(name) + ": tensor is on device '" + dev +
                             "', but this build of rpu_base only has CPU kernels");
+    }
     if (!obj.attr("is_contiguous")().cast<bool>())
       throw py::value_error(std::string(name) + ": tensor must be contiguous (call .contiguous())");
-    for (auto s : obj.attr("shape")) b.shape.push_back(s.cast<int64_t>());
+    py::tuple shape = py::tuple(obj.attr("shape"));
+    for (auto v : shape) b.shape.push_back(v.cast<int64_t>());
     b.ptr = reinterpret_cast<float *>(obj.attr("data_ptr")().cast<uintptr_t>());
     return b;
   }
