@@ -9,7 +9,11 @@ namespace rpu {
 
 // W[M, K] <- W - lr * sum_n d_n (x) x_n, done with pulses on the devices of `dev`.
 // X is [N, K], D is [N, M] (row-major).  Samples are applied one after the other.
-// Random draws are indexed by (seed, call, sample, line, slot), independent of threads.
+// Random draws are Philox numbers indexed by (seed, call, sample, line, slot) for the pulse
+// trains and by (seed, call, row of W, position) for the cycle-to-cycle noise, so the result
+// does not depend on the thread count (the layout is described in pulsed_update.cpp).
+// ConstantStep devices sum the pulses of each cross-point over the batch where no bound can be
+// reached (exact in distribution); other devices apply every pulse with device_pulse().
 void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N, float lr,
                    const UpdateParameters &up, const DeviceArray &dev, uint64_t seed,
                    uint64_t call);

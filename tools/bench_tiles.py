@@ -10,9 +10,12 @@ of ``rpu_base.tiles.FloatingPointTile`` and of ``rpu_base.tiles.AnalogTile`` wit
 ConstantStepDevice and a SoftBoundsDevice (default IOParameters / UpdateParameters /
 MappingParameter, learning rate 0.01), and the IO-managed forward alone
 (``rpu_base.tiles.io_mvm`` with default IOParameters).  Each entry is the median of the
-repeats (>= 7) after warm-up, in ms, and its ratio to the torch operation.  Inputs are
-realistic: x ~ U(-1, 1), d ~ N(0, 0.01^2), W ~ N(0, 0.1^2).  Threads: 2 for torch and for
-rpu_base (the environment is not touched: no OMP_* variables are set here).
+repeats (>= 7) after warm-up, in ms, and its ratio to the torch operation, timed right before
+it (every entry has its own torch timing, so both see about the same background load).
+Inputs are realistic: x ~ U(-1, 1), d ~ N(0, 0.01^2), W ~ N(0, 0.1^2).  Updates alternate
+between d and -d (tiles and torch alike), so that the repeated calls let the weights random-walk
+instead of drifting into the device bounds; one call costs the same either way.  Threads: 2 for
+torch and for rpu_base (the environment is not touched: no OMP_* variables are set here).
 
     python tools/bench_tiles.py [--repeats 9] [--threads 2] [--quick] [--json PATH]
 """
@@ -35,20 +38,32 @@ LR = 0.01
 X_RANGE, D_STD, W_STD = 1.0, 0.01, 0.1
 
 
-def median_ms(fn, repeats, warmup, min_warm_s=0.05):
-    # warm-up: at least `warmup` calls and at least min_warm_s seconds (torch's first calls after
-    # start-up are ~1000x slower for a while; a fixed small count is not enough).
+def warm(fn, warmup, min_warm_s=0.05):
+    # at least `warmup` calls and at least min_warm_s seconds (torch's first calls after start-up
+    # are ~1000x slower for a while; a fixed small count is not enough)
     t0 = time.perf_counter()
     k = 0
     while k < warmup or (time.perf_counter() - t0 < min_warm_s and k < 1000):
         fn()
         k += 1
+
+
+def median_ms(fn, repeats, warmup):
+    warm(fn, warmup)
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
     return 1e3 * statistics.median(ts)
+
+
+def paired_median_ms(fn, ref, repeats, warmup):
+    """Median ms of the torch reference ref and then of fn, measured back to back.  (Not
+    interleaved call by call: torch's OpenMP workers keep spinning for a while after each call
+    and would take the cores from the next rpu_base call; the warm-up of fn absorbs that.)"""
+    torch_ms = median_ms(ref, repeats, warmup)
+    return median_ms(fn, repeats, warmup), torch_ms
 
 
 def make_data(n, b, seed):
@@ -72,17 +87,26 @@ def bench_size(n, b, repeats, warmup):
 
     # torch references (same shapes, same buffers).
     W = w0.clone()
+    d_pm = (d, (-d).contiguous())
+    d_pm_T = (d.T, (-d).T)
+    flip = [0]
+
+    def torch_update():
+        flip[0] ^= 1
+        W.addmm_(d_pm_T[flip[0]], x, alpha=-LR)
+
     ref = {
-        "forward": median_ms(lambda: torch.matmul(x, W.T, out=y), repeats, warmup),
-        "backward": median_ms(lambda: torch.matmul(d, W, out=z), repeats, warmup),
-        "update": median_ms(lambda: W.addmm_(d.T, x, alpha=-LR), repeats, warmup),
+        "forward": lambda: torch.matmul(x, W.T, out=y),
+        "backward": lambda: torch.matmul(d, W, out=z),
+        "update": torch_update,
     }
 
     rows = []
 
-    def add(name, op, ms):
+    def add(name, op, fn):
+        ms, torch_ms = paired_median_ms(fn, ref[op], repeats, warmup)
         rows.append({"size": f"{n}x{n}", "batch": b, "tile": name, "op": op, "ms": ms,
-                     "torch_ms": ref[op], "ratio": ms / ref[op]})
+                     "torch_ms": torch_ms, "ratio": ms / torch_ms})
 
     tiles = [("FloatingPoint", lambda: rpu_base.tiles.FloatingPointTile(n, n)),
              ("ConstantStep", lambda: analog_tile(n, ConstantStepDevice())),
@@ -91,15 +115,19 @@ def bench_size(n, b, repeats, warmup):
         t = make()
         t.set_weights(w0)
         t.learning_rate = LR
-        add(name, "forward", median_ms(lambda: t.forward(x, out=y), repeats, warmup))
-        add(name, "backward", median_ms(lambda: t.backward(d, out=z), repeats, warmup))
-        # the update changes W; for the pulsed tiles it stays well inside the bounds over these
-        # few repeats (|dW| ~ lr * |d| * |x| * batch per call).
-        add(name, "update", median_ms(lambda: t.update(x, d), repeats, warmup))
+        add(name, "forward", lambda t=t: t.forward(x, out=y))
+        add(name, "backward", lambda t=t: t.backward(d, out=z))
+
+        # alternating +d / -d: the weights random-walk around w0 instead of drifting
+        def tile_update(t=t):
+            flip[0] ^= 1
+            t.update(x, d_pm[flip[0]])
+
+        add(name, "update", tile_update)
 
     io = IOParameters().as_bindings()
     mp = MappingParameter().as_bindings()
-    add("io_mvm", "forward", median_ms(lambda: rpu_base.tiles.io_mvm(w0, x, y, io, mp), repeats, warmup))
+    add("io_mvm", "forward", lambda: rpu_base.tiles.io_mvm(w0, x, y, io, mp))
     return rows
 
 
@@ -135,7 +163,8 @@ def main(argv=None):
           f"rpu_base threads {rpu_base.get_num_threads()})")
     print(f"data: x ~ U(-{X_RANGE:g}, {X_RANGE:g}), d ~ N(0, {D_STD:g}^2), W ~ N(0, {W_STD:g}^2); "
           f"lr {LR:g}; default IOParameters/UpdateParameters/MappingParameter")
-    print("torch refs: forward x@W.T, backward d@W, update W.addmm_(d.T, x, alpha=-lr)\n")
+    print("torch refs (timed right before each entry): forward x@W.T, backward d@W, "
+          "update W.addmm_(d.T, x, alpha=-lr); updates alternate d / -d\n")
 
     rows = []
     for n, b in SIZES:
