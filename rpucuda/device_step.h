@@ -31,12 +31,12 @@ RPU_HD float device_pulse(const DeviceParameters &p, const DeviceCell &c, float 
       float z = 2.0f * p.a * w / (c.w_max - c.w_min) + p.b;
       float y = dir > 0 ? 1.0f - p.A_up * expf(p.gamma_up * z)
                         : 1.0f - p.A_down * expf(-p.gamma_down * z);
-      step = fmaxf(y, 0.0f) * (dir > 0 ? c.dw_up : c.dw_down);
+      step = (y > 0.0f ? y : 0.0f) * (dir > 0 ? c.dw_up : c.dw_down);
       break;
     }
     case DeviceType::PowStep: {
       float omega = (c.w_max - w) / (c.w_max - c.w_min);
-      omega = fminf(fmaxf(omega, 0.0f), 1.0f);
+      omega = omega < 0.0f ? 0.0f : (omega > 1.0f ? 1.0f : omega);
       step = dir > 0 ? c.dw_up * powf(omega, c.g_up) : c.dw_down * powf(1.0f - omega, c.g_down);
       break;
     }
@@ -45,9 +45,11 @@ RPU_HD float device_pulse(const DeviceParameters &p, const DeviceCell &c, float 
     default:
       step = dir > 0 ? c.dw_up : c.dw_down;
   }
-  step = fmaxf(step, 0.0f) * (1.0f + p.dw_min_std * xi);
+  // (plain comparisons: fmaxf/fminf are library calls here)
+  step = (step > 0.0f ? step : 0.0f) * (1.0f + p.dw_min_std * xi);
   w += dir > 0 ? step : -step;
-  return fminf(fmaxf(w, c.w_min), c.w_max);
+  w = w < c.w_min ? c.w_min : w;
+  return w > c.w_max ? c.w_max : w;
 }
 
 }  // namespace rpu

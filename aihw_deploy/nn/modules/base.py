@@ -5,8 +5,9 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from torch import Tensor, nn
 
+from ...ops import encode_io, encode_mapping, is_tracing
 from ...simulator.configs import FloatingPointRPUConfig, config_from_dict, config_to_dict
-from ...simulator.tiles import TileBase, tile_class_for
+from ...simulator.tiles import FloatingPointTile, InferenceTile, TileBase, tile_class_for
 from ..functions import AnalogFunction
 
 
@@ -68,6 +69,42 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
             x2d = torch.cat([x2d, torch.ones(x2d.shape[0], 1, dtype=x2d.dtype)], 1)
         return AnalogFunction.apply(x2d.contiguous(), tile.weight, tile)
 
+    # -- eval / tracing route through torch.ops.aihw ----------------------------------------------
+    def _op_route(self) -> bool:
+        """True when the forward goes through ``torch.ops.aihw`` (one graph node per layer):
+        always while tracing (torch.export, torch.onnx.export, torch.jit.trace), and for
+        inference tiles in eval mode without autograd.  Training keeps the autograd function."""
+        if is_tracing():
+            return True
+        return not self.training and not torch.is_grad_enabled() and isinstance(self._tiles[0], InferenceTile)
+
+    def _is_digital(self) -> bool:
+        return isinstance(self._tiles[0], FloatingPointTile)
+
+    def _digital_weight_bias(self):
+        """Floating-point tiles as torch weights: (weight [out, cols], bias [out] or None)."""
+        w = torch.cat([t.weight for t in self._tiles], 0) if len(self._tiles) > 1 else self.weight
+        if self._tiles[0].analog_bias:
+            return w[:, :-1], w[:, -1]
+        return w, self.bias
+
+    def _op_arguments(self, tracing: bool) -> List[Dict[str, Any]]:
+        """Per tile: the arguments of the analog op (weight, alpha, io, mapping, seed, call,
+        out_scaling).  Call counters advance here, outside the op, except while tracing."""
+        args = []
+        for t in self._tiles:
+            if isinstance(t, InferenceTile):
+                args.append(t.op_arguments(advance=not tracing))
+            else:  # pulsed tile: forward IO of its config, no noise model (its own call counter)
+                native = t._native
+                call = int(native.call_index)
+                if not tracing:
+                    native.set_generator(t.seed, call + 1)
+                args.append({"weight": t.weight.detach(), "alpha": None, "io": encode_io(t.rpu_config.forward),
+                             "mapping": encode_mapping(t.rpu_config.mapping), "seed": int(t.seed), "call": call,
+                             "out_scaling": None})
+        return args
+
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"{self._layer_name()}: input must be a torch.Tensor, got {type(x).__name__}")
@@ -75,7 +112,7 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
             raise TypeError(f"{self._layer_name()}: input must be float32, got {x.dtype}")
         if x.device.type != "cpu":
             raise ValueError(f"{self._layer_name()}: input is on {x.device}, but the layer is on the CPU")
-        if x.numel() and not torch.isfinite(x).all():
+        if not is_tracing() and x.numel() and not torch.isfinite(x).all():
             raise ValueError(f"{self._layer_name()}: input contains NaN or Inf")
 
     def train(self, mode: bool = True):

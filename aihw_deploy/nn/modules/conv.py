@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...ops import is_tracing
 from .base import AnalogLayerBase
 
 IntOrTuple = Union[int, Tuple[int, ...]]
@@ -88,6 +89,8 @@ class _AnalogConvNd(AnalogLayerBase):
         if x.dim() != n + 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self._layer_name()}: expected input [N, {self.in_channels}, {', '.join('*' * n)}], "
                              f"got shape {tuple(x.shape)}")
+        if self._op_route():
+            return self._op_forward(x)
         batch = x.shape[0]
         cg = self.in_channels // self.groups
         outs = []
@@ -101,6 +104,39 @@ class _AnalogConvNd(AnalogLayerBase):
             y = y + self.bias
         y = y.reshape(batch, *size, self.out_channels)
         return y.permute(0, n + 1, *range(1, n + 1))
+
+    def _op_forward(self, x: Tensor) -> Tensor:
+        """Eval / tracing forward: ``torch.ops.aihw.analog_conv`` (ONNX: ``ai.aihw::AnalogConv``;
+        floating-point tiles: ``F.convNd``, a standard ONNX Conv)."""
+        n = self._dims
+        if torch.onnx.is_in_onnx_export() and not self._is_digital():
+            from ...export._symbolic import conv_symbolic
+
+            return conv_symbolic(self, x)
+        if self._is_digital():
+            w, b = self._digital_weight_bias()
+            conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+            return conv(x, w.reshape(self._torch_weight_shape()), b, self.stride, self.padding, self.dilation,
+                        self.groups)
+        args = self._op_arguments(is_tracing())
+        weight = torch.cat([a["weight"] for a in args], 0) if len(args) > 1 else args[0]["weight"]
+        alpha = None
+        if args[0]["alpha"] is not None:
+            alpha = torch.stack([a["alpha"].reshape(-1) for a in args], 0)
+        scaling = None
+        if args[0]["out_scaling"] is not None:
+            scaling = torch.cat([a["out_scaling"] for a in args]) if len(args) > 1 else args[0]["out_scaling"]
+        y = torch.ops.aihw.analog_conv(x, weight, self.bias if scaling is None else None, alpha, args[0]["io"],
+                                       args[0]["mapping"], list(self.kernel_size), list(self.stride),
+                                       list(self.padding), list(self.dilation), self.groups,
+                                       self._tiles[0].analog_bias, [a["seed"] for a in args],
+                                       [a["call"] for a in args])
+        if scaling is not None:
+            shape = (1, -1) + (1,) * n
+            y = y * scaling.reshape(shape)
+            if self.bias is not None:
+                y = y + self.bias.reshape(shape)
+        return y
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

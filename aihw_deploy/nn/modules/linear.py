@@ -1,7 +1,10 @@
 """AnalogLinear."""
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from ...ops import is_tracing
 from .base import AnalogLayerBase
 
 
@@ -38,11 +41,34 @@ class AnalogLinear(AnalogLayerBase):
             got = x.shape[-1] if x.dim() else "a scalar"
             raise ValueError(f"AnalogLinear(in_features={self.in_features}): input has {got} features "
                              f"(shape {tuple(x.shape)})")
+        if self._op_route():
+            return self._op_forward(x)
         lead = x.shape[:-1]
         y = self._tile_product(x.reshape(-1, self.in_features))
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
+
+    def _op_forward(self, x: Tensor) -> Tensor:
+        """Eval / tracing forward: ``torch.ops.aihw.analog_mvm`` (ONNX: ``ai.aihw::AnalogMatMul``;
+        floating-point tiles: ``F.linear``, a standard ONNX MatMul/Gemm)."""
+        if torch.onnx.is_in_onnx_export() and not self._is_digital():
+            from ...export._symbolic import linear_symbolic
+
+            return linear_symbolic(self, x)
+        if self._is_digital():
+            return F.linear(x, *self._digital_weight_bias())
+        a = self._op_arguments(is_tracing())[0]
+        if self._tiles[0].analog_bias:
+            x = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], -1)
+        scaling = a["out_scaling"]
+        y = torch.ops.aihw.analog_mvm(x, a["weight"], self.bias if scaling is None else None, a["alpha"], a["io"],
+                                      a["mapping"], a["seed"], a["call"])
+        if scaling is not None:
+            y = y * scaling
+            if self.bias is not None:
+                y = y + self.bias
+        return y
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

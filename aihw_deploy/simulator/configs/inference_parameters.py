@@ -136,9 +136,11 @@ class WeightRemapParameter:
 class WeightModifierParameter:
     """Forward-copy perturbation during training (SPEC §4.4).
 
-    ``std_dev`` relative to the weight maximum (``assumed_wmax``, or the actual max|W| when
-    ``rel_to_actual_wmax``); ``res`` the discretization resolution (fraction of the range);
-    ``pdrop`` the drop probability; ``coeffs`` of POLY: std = (c0 + c1|w|/wmax + c2 (w/wmax)^2)·wmax.
+    ``std_dev`` relative to the weight maximum wmax (``assumed_wmax``, or the actual max|W| when
+    ``rel_to_actual_wmax``); ``res`` the discretization step as a fraction of wmax (a value > 1
+    is a number of steps: step = wmax/res); ``pdrop`` the drop probability; ``coeffs`` of POLY:
+    std = std_dev·wmax·(c0 + c1|w|/wmax + c2 (w/wmax)^2).  The distributions are listed in
+    :func:`aihw_deploy.simulator.tiles.modifiers.modify_weights`.
     """
 
     type: WeightModifierType = WeightModifierType.NONE

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
+from ...ops import encode_io, encode_mapping
 from .. import rpu_base
 from .base import TileBase
 from .modifiers import clip_weights_, modify_weights, remap_weights_
@@ -45,6 +46,9 @@ class InferenceTile(TileBase):
         kinds = rpu_base.inference.DriftCompensationType
         self._comp = {None: kinds.NONE, "none": kinds.NONE, "global": kinds.GLOBAL,
                       "per_column": kinds.PER_COLUMN}[None if comp is None else comp.kind]
+        # Encoded forward IO / mapping: the primitive arguments of torch.ops.aihw.analog_mvm.
+        self._fwd_code = encode_io(cfg.forward)
+        self._map_code = encode_mapping(cfg.mapping)
 
     # -- compute ---------------------------------------------------------------------------------
     def _forward_weights(self) -> Tensor:
@@ -66,6 +70,16 @@ class InferenceTile(TileBase):
             out.mul_(self.out_scaling)
         return out
 
+    def op_arguments(self, advance: bool = True) -> Dict[str, Any]:
+        """Arguments of ``torch.ops.aihw.analog_mvm`` equivalent to :meth:`forward`: ``weight``
+        [out, cols], ``alpha`` (None, [1] or [out]), ``io``/``mapping`` codes, ``seed``, ``call``
+        (the tile's call counter advances unless ``advance`` is False, as while tracing) and
+        ``out_scaling`` ([out], or None without remapping), applied after the product."""
+        alpha = self.alpha if (not self.training and self.chip_weights is not None) else None
+        return {"weight": self._forward_weights(), "alpha": alpha, "io": self._fwd_code, "mapping": self._map_code,
+                "seed": int(self.seed), "call": self.next_call() if advance else int(self.call),
+                "out_scaling": self.out_scaling if self.rpu_config.remap.type.name != "NONE" else None}
+
     def backward(self, d: Tensor) -> Tensor:
         if self.rpu_config.remap.type.name != "NONE":
             d = (d * self.out_scaling).contiguous()
@@ -80,6 +94,21 @@ class InferenceTile(TileBase):
         if self.rpu_config.remap.type.name != "NONE":
             return self.out_scaling
         return None
+
+    # -- weights (effective: the tile weights times the remapping's digital output scale) ------
+    def get_weights(self):
+        """Returns the effective ``(weight [out, in], bias [out] or None)`` that the layer
+        computes with: the tile weights times the digital output scale of remapping."""
+        w, b = super().get_weights()
+        if self.rpu_config.remap.type.name != "NONE":
+            s = self.out_scaling
+            w = w * s[:, None]
+            b = None if b is None else b * s
+        return w, b
+
+    def _weights_changed(self) -> None:
+        # Weights written from outside are the effective weights: no digital scale on top.
+        self.out_scaling = torch.ones(self.out_size)
 
     def post_update_step(self) -> None:
         with torch.no_grad():
@@ -157,7 +186,7 @@ class InferenceTile(TileBase):
 
     def __getstate__(self) -> Dict[str, Any]:
         d = self.__dict__.copy()
-        for k in ("_fwd", "_bwd", "_map", "_noise", "_comp", "programmed", "chip_weights", "alpha", "reference"):
+        for k in ("_fwd", "_bwd", "_map", "_noise", "_comp", "_fwd_code", "_map_code", "programmed", "chip_weights", "alpha", "reference"):
             d.pop(k, None)
         d["_tile_state"] = self.get_state()
         return d
