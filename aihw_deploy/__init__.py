@@ -8,3 +8,7 @@ drift evaluation), ``aihw_deploy.export`` / ``aihw_deploy.runtime`` (ONNX and on
 """
 
 __version__ = "0.1.0"
+
+# Registers torch.ops.aihw.analog_mvm / analog_conv, so that saved .pt2 / TorchScript programs
+# that contain them load after ``import aihw_deploy``.
+from . import ops  # noqa: E402,F401

@@ -240,9 +240,11 @@ def _run_inspect(argv: Sequence[str]) -> int:
     inits = {i.name: "[" + ",".join(str(d) for d in i.dims) + "]" for i in model.graph.initializer}
     meta = {p.key: p.value for p in model.metadata_props}
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
-    inputs = [f"{i.name}{shapes.get(i.name, '')}" + (" (default)" if i.name in inits else "") for i in model.graph.input]
+    inputs = [f"{i.name}{shapes.get(i.name, '')}" + (" (default)" if i.name in inits else "")
+              for i in model.graph.input]
+    outputs = [o.name + shapes.get(o.name, "") for o in model.graph.output]
     print(f"{args.path}: ir {model.ir_version}, opsets {opsets}; aihw-deploy {meta.get('aihw_deploy.version', '?')}")
-    print(f"inputs: {', '.join(inputs)}; outputs: {', '.join(o.name + shapes.get(o.name, '') for o in model.graph.output)}")
+    print(f"inputs: {', '.join(inputs)}; outputs: {', '.join(outputs)}")
     fns = [f.name for f in model.functions if f.domain == DOMAIN]
     print(f"fallback functions: {', '.join(fns) if fns else 'none (needs the op library)'}")
     rows = []
@@ -286,6 +288,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _run_export(argv)
     except _Failure as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into a program that stopped reading (| head)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:  # pragma: no cover
+            pass
         return 1
     except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2

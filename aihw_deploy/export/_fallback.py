@@ -24,7 +24,7 @@ from the shapes at run time.  Float operations follow rpucuda's order (``x · (1
 order of the matrix product.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -78,9 +78,25 @@ class _Body:
         return _Body(self._counter, self._prefix)
 
 
-def _graph(body: _Body, name: str, outputs: List[str]) -> onnx.GraphProto:
-    return helper.make_graph(body.nodes, name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
-                                                    for o in outputs])
+def _graph(body: _Body, name: str, outputs: List[str], dtype: int = TensorProto.FLOAT) -> onnx.GraphProto:
+    return helper.make_graph(body.nodes, name, [], [helper.make_tensor_value_info(o, dtype, None) for o in outputs])
+
+
+def _if(b: _Body, cond: str, then_fn: Callable[[_Body], str], else_fn: Callable[[_Body], str], hint: str,
+        dtype: int = TensorProto.FLOAT) -> str:
+    """``If(cond)``; the branches are built by ``then_fn``/``else_fn`` (each returns its output).
+    Conditions that depend only on attributes and W's shape are constants: onnxruntime's constant
+    folding inlines the taken branch, so a node runs only the operators its attributes need."""
+    branches = []
+    for fn, name in ((then_fn, f"{hint}_then"), (else_fn, f"{hint}_else")):
+        sub = b.sub()
+        out = fn(sub)
+        if not any(out in n.output for n in sub.nodes):  # a value from the outer scope
+            out = sub.op("Identity", out, hint=f"{hint}_id")
+        branches.append(_graph(sub, name, [out], dtype))
+    res = b.name(hint)
+    b.nodes.append(helper.make_node("If", [cond], [res], then_branch=branches[0], else_branch=branches[1]))
+    return res
 
 
 class _Params:
@@ -97,9 +113,15 @@ class _Params:
         self.nbig = b.const(-1.0e9, hint="nbig")
         self.is_perfect = b.op("Cast", b.ref("is_perfect", I), to=TensorProto.BOOL, hint="is_perfect")
         self.out_scale = b.ref("out_scale", F)
+        self.scale_on = b.op("Not", b.op("Equal", self.out_scale, self.one), hint="scale_on")
         self.nm_thres = b.ref("nm_thres", F)
-        self.nm = b.ref("noise_management", S)
-        self.bm = b.ref("bound_management", S)
+        # nm_thres > 0 caps the abs-max scale: min(s, thres_cap) with thres_cap = inf otherwise.
+        self.thres_on = b.op("Greater", self.nm_thres, self.zero)
+        self.thres_cap = b.op("Where", self.thres_on, self.nm_thres, self.inf)
+        nm = b.ref("noise_management", S)
+        self.nm = {k: b.op("Equal", nm, b.const(k, dtype=object), hint=f"nm_{k}")
+                   for k in ("none", "max", "average_abs_max", "constant")}
+        bm = b.ref("bound_management", S)
         self.out_bound = b.ref("out_bound", F)
         inp_bound = b.ref("inp_bound", F)
         self.inp_step, inp_frac = self._step(b, b.ref("inp_res", F), inp_bound, "inp")
@@ -111,9 +133,10 @@ class _Params:
         res_limit = b.op("Where", frac_pos, b.op("Div", b.ref("max_bm_res", F),
                                                  b.op("Where", frac_pos, inp_frac, self.one)), self.inf)
         self.r_limit = b.op("Min", b.ref("max_bm_factor", F), res_limit, hint="r_limit")
-        bm_on = b.op("Not", b.op("Equal", self.bm, b.const("none", dtype=object)))
-        self.use_bm = b.op("And", bm_on, b.op("Greater", self.out_bound, self.zero), hint="use_bm")
-        self.is_wc = b.op("Equal", self.bm, b.const("iterative_worst_case", dtype=object), hint="is_wc")
+        bm_on = b.op("Not", b.op("Equal", bm, b.const("none", dtype=object)))
+        self.use_bm = b.op("And", b.op("And", bm_on, b.op("Greater", self.out_bound, self.zero)),
+                           b.op("Greater", self.r_limit, self.one), hint="use_bm")
+        self.is_wc = b.op("Equal", bm, b.const("iterative_worst_case", dtype=object), hint="is_wc")
 
     def _step(self, b: _Body, res: str, bound: str, hint: str):
         # quant_step: res <= 0 -> 0; res > 1 -> 1/res; times the full range 2*bound.
@@ -149,6 +172,7 @@ def _pipeline(b: _Body, p: _Params, X: str, W: str) -> str:
     M = b.op("Slice", shape_w, b.const([1], i64), b.const([2], i64))
     K = b.op("Slice", shape_w, b.const([2], i64), b.const([3], i64))
     R = b.op("Slice", b.op("Shape", X), b.const([1], i64), b.const([2], i64))
+
     one_i = b.const([1], i64)
     kt = b.op("Reshape", b.ref("max_input_size", AttributeProto.INT), one_i)
     mt = b.op("Reshape", b.ref("max_output_size", AttributeProto.INT), one_i)
@@ -158,113 +182,118 @@ def _pipeline(b: _Body, p: _Params, X: str, W: str) -> str:
     nm = b.op("Div", b.op("Sub", b.op("Add", M, mc), one_i), mc, hint="nm")
     kpad = b.op("Sub", b.op("Mul", nk, kc), K)
     mpad = b.op("Sub", b.op("Mul", nm, mc), M)
-    z3 = b.const([0, 0, 0, 0, 0], i64)
-    # Input blocks [G, nK, R, Kc]
-    xp = b.op("Pad", X, b.op("Concat", z3, kpad, axis=0))
-    xb = b.op("Transpose", b.op("Reshape", xp, b.op("Concat", G, R, nk, kc, axis=0)), perm=[0, 2, 1, 3], hint="xb")
-    # Weight blocks [G, nK, nM, Kc, Mc] (only W-dependent: constant-folded by onnxruntime)
+    single_k = b.op("Squeeze", b.op("Equal", nk, one_i), b.const([0], i64), hint="single_k")
+    single = b.op("And", single_k, b.op("Squeeze", b.op("Equal", nm, one_i), b.const([0], i64)), hint="single")
+
+    # Input blocks xb [G, nK, R, Kc] (one block: a view of X).
+    def split_x(sb: _Body) -> str:
+        xp = sb.op("Pad", X, sb.op("Concat", sb.const([0, 0, 0, 0, 0], i64), kpad, axis=0))
+        return sb.op("Transpose", sb.op("Reshape", xp, sb.op("Concat", G, R, nk, kc, axis=0)), perm=[0, 2, 1, 3])
+
+    xb = _if(b, single_k, lambda sb: sb.op("Unsqueeze", X, _axes(sb, 1)), split_x, "xb")
+    # Weight blocks [G, nK, nM, Kc, Mc] (W only: constant-folded)
     wp = b.op("Pad", W, b.op("Concat", b.const([0, 0, 0, 0], i64), mpad, kpad, axis=0))
     wb = b.op("Reshape", wp, b.op("Concat", G, nm, mc, nk, kc, axis=0))
     wt = b.op("Transpose", wb, perm=[0, 3, 1, 4, 2], hint="wt")
 
-    # Noise management: s [G, nK, R, 1]
+    # Noise management: s [G, nK, R, 1]; a block row of zeros has s = 0 (and output 0).
     absx = b.op("Abs", xb)
     amax = b.op("ReduceMax", absx, _axes(b, -1), keepdims=1, hint="amax")
-    mx = b.op("ReduceMax", xb, _axes(b, -1), keepdims=1, hint="mx")
-    thres_on = b.op("Greater", p.nm_thres, p.zero)
 
-    def capped(v: str) -> str:
-        return b.op("Where", b.op("And", thres_on, b.op("Greater", v, p.nm_thres)), p.nm_thres, v)
+    def gated(sb: _Body, sn: str) -> str:
+        return sb.op("Where", sb.op("Equal", amax, p.zero), p.zero, sn)
 
-    sn_absmax = capped(amax)
-    sn_avg = capped(b.op("ReduceMean", amax, _axes(b, 2), keepdims=1))
-    sn_max = b.op("Where", b.op("Greater", mx, p.zero), mx, amax)
-    sn_const = b.op("Where", thres_on, p.nm_thres, p.one)
+    def nm_max(sb: _Body) -> str:  # max x if positive, else max |x| (0 for a zero row)
+        mx = sb.op("ReduceMax", xb, _axes(sb, -1), keepdims=1)
+        return sb.op("Where", sb.op("Greater", mx, p.zero), mx, amax)
 
-    def is_nm(name: str) -> str:
-        return b.op("Equal", p.nm, b.const(name, dtype=object))
+    def nm_avg(sb: _Body) -> str:
+        return gated(sb, sb.op("Min", sb.op("ReduceMean", amax, _axes(sb, 2), keepdims=1), p.thres_cap))
 
-    sn = b.op("Where", is_nm("average_abs_max"), sn_avg, sn_absmax)
-    sn = b.op("Where", is_nm("constant"), sn_const, sn)
-    sn = b.op("Where", is_nm("max"), sn_max, sn)
-    sn = b.op("Where", is_nm("none"), p.one, sn)
-    s = b.op("Where", b.op("Equal", amax, p.zero), p.zero, sn, hint="s")
+    def nm_const(sb: _Body) -> str:
+        return gated(sb, sb.op("Where", p.thres_on, p.nm_thres, p.one))
+
+    s = _if(b, p.nm["average_abs_max"], nm_avg, lambda sb: sb.op("Min", amax, p.thres_cap), "s_avg")
+    s = _if(b, p.nm["constant"], nm_const, lambda sb: s, "s_const")
+    s = _if(b, p.nm["max"], nm_max, lambda sb: s, "s_max")
+    s = _if(b, p.nm["none"], lambda sb: gated(sb, p.one), lambda sb: s, "s")
     s_safe = b.op("Where", b.op("Equal", s, p.zero), p.one, s, hint="s_safe")
     s5 = b.op("Unsqueeze", s, _axes(b, 2))  # [G, nK, 1, R, 1]
 
     # r = 1 for every block row.
     xq1 = _quantize(b, p, b.op("Mul", xb, b.op("Div", p.one, s_safe)), p.inp_step, p.inp_lo, p.inp_hi)
     y1 = b.op("MatMul", b.op("Unsqueeze", xq1, _axes(b, 2)), wt, hint="y1")  # [G, nK, nM, R, Mc]
-    sat_any = b.op("GreaterOrEqual", b.op("ReduceMax", b.op("Abs", y1), keepdims=0), p.out_bound)
-    need_bm = b.op("And", b.op("And", p.use_bm, sat_any), b.op("Greater", p.r_limit, p.one), hint="need_bm")
 
-    # else: no block row saturates at r = 1.
-    eb = b.sub()
-    y_else = eb.op("Mul", _quantize(eb, p, y1, p.out_step, p.out_lo, p.out_hi), s5, hint="yblk_r1")
+    def no_saturation(sb: _Body) -> str:
+        return sb.op("Mul", _quantize(sb, p, y1, p.out_step, p.out_lo, p.out_hi), s5, hint="yblk_r1")
 
-    # then: every candidate factor at once, pick the first that does not saturate.
-    tb = b.sub()
-    pow2 = tb.const([2.0 ** j for j in range(_MAX_POW2)], hint="pow2")
-    n_r = tb.op("ReduceSum", tb.op("Cast", tb.op("LessOrEqual", pow2, p.r_limit), to=TensorProto.INT64),
-                keepdims=1)
-    n_r = tb.op("Max", n_r, tb.const([1], i64), hint="n_r")
-    j = tb.op("Range", tb.const(0, i64), tb.op("Squeeze", n_r, tb.const([0], i64)), tb.const(1, i64), hint="j")
-    j6 = tb.op("Reshape", j, tb.const([-1, 1, 1, 1, 1, 1], i64))
-    first = tb.op("Equal", j6, tb.const(0, i64), hint="first")
-    r_it = tb.op("Reshape", tb.op("Gather", pow2, j, axis=0), tb.const([-1, 1, 1, 1, 1, 1], i64))
-    # Worst case: after r = 1, r1 = min(max(2, 2^ceil(log2(max(rw, 1)))), r_limit), rw = L1(x/s)·max|W|/out_bound.
-    l1 = tb.op("ReduceSum", tb.op("Div", absx, s_safe), _axes(tb, -1), keepdims=1)  # [G, nK, R, 1]
-    wmax = tb.op("ReduceMax", tb.op("Abs", wt), _axes(tb, -2, -1), keepdims=1)  # [G, nK, nM, 1, 1]
-    rw = tb.op("Div", tb.op("Mul", tb.op("Unsqueeze", l1, _axes(tb, 2)), wmax), p.out_bound)
-    v = tb.op("Max", rw, p.one)
-    e = tb.op("Ceil", tb.op("Div", tb.op("Log", v), tb.const(np.log(2.0))))
-    em1 = tb.op("Sub", e, p.one)
-    e = tb.op("Where", tb.op("GreaterOrEqual", tb.op("Pow", p.two, em1), v), em1, e)
-    e = tb.op("Where", tb.op("Less", tb.op("Pow", p.two, e), v), tb.op("Add", e, p.one), e)
-    r1 = tb.op("Min", tb.op("Max", tb.op("Pow", p.two, e), p.two), p.r_limit, hint="r1")  # [G, nK, nM, R, 1]
-    jm1 = tb.op("Max", tb.op("Sub", j, tb.const(1, i64)), tb.const(0, i64))
-    r_wc = tb.op("Mul", r1, tb.op("Reshape", tb.op("Gather", pow2, jm1, axis=0), tb.const([-1, 1, 1, 1, 1, 1], i64)))
-    r_wc = tb.op("Where", first, p.one, r_wc)
-    valid_wc = tb.op("Or", first, tb.op("And", tb.op("LessOrEqual", r_wc, p.r_limit), tb.op("Greater", r_wc, p.one)))
-    r_all = tb.op("Where", p.is_wc, r_wc, r_it, hint="r_all")  # [nR, G, nK, nM|1, R|1, 1]
-    valid_it = tb.op("Or", first, tb.op("LessOrEqual", r_it, p.r_limit))
-    valid = tb.op("Or", tb.op("And", p.is_wc, valid_wc), tb.op("And", tb.op("Not", p.is_wc), valid_it))
-    xb6 = tb.op("Unsqueeze", xb, _axes(tb, 0, 3))  # [1, G, nK, 1, R, Kc]
-    sr = tb.op("Mul", tb.op("Unsqueeze", s_safe, _axes(tb, 0, 3)), r_all)
-    xq = _quantize(tb, p, tb.op("Mul", xb6, tb.op("Div", p.one, sr)), p.inp_step, p.inp_lo, p.inp_hi)
-    y = tb.op("MatMul", xq, tb.op("Unsqueeze", wt, _axes(tb, 0)), hint="y_r")  # [nR, G, nK, nM, R, Mc]
-    sat = tb.op("GreaterOrEqual", tb.op("ReduceMax", tb.op("Abs", y), _axes(tb, -1), keepdims=1), p.out_bound)
-    ok = tb.op("Cast", tb.op("And", valid, tb.op("Not", sat)), to=TensorProto.FLOAT)
-    valid_f = tb.op("Cast", tb.op("Expand", valid, tb.op("Shape", ok)), to=TensorProto.FLOAT)
-    first_ok = tb.op("ArgMax", ok, axis=0, keepdims=1)
-    last_valid = tb.op("ArgMax", valid_f, axis=0, keepdims=1, select_last_index=1)
-    any_ok = tb.op("Greater", tb.op("ReduceMax", ok, _axes(tb, 0), keepdims=1), p.zero)
-    idx = tb.op("Where", any_ok, first_ok, last_valid)  # [1, G, nK, nM, R, 1]
-    s6 = tb.op("Unsqueeze", s, _axes(tb, 0, 3))
-    yq = tb.op("Mul", _quantize(tb, p, y, p.out_step, p.out_lo, p.out_hi), tb.op("Mul", s6, r_all))
-    target = tb.op("Concat", tb.const([1], i64), tb.op("Slice", tb.op("Shape", yq), tb.const([1], i64),
-                                                        tb.const([6], i64)), axis=0)
-    sel = tb.op("GatherElements", yq, tb.op("Expand", idx, target), axis=0)
-    y_then = tb.op("Squeeze", sel, _axes(tb, 0), hint="yblk_bm")
+    def bound_management(tb: _Body) -> str:
+        """Every candidate factor at once; per block row the first that does not saturate."""
+        pow2 = tb.const([2.0 ** j for j in range(_MAX_POW2)], hint="pow2")
+        n_r = tb.op("ReduceSum", tb.op("Cast", tb.op("LessOrEqual", pow2, p.r_limit), to=TensorProto.INT64),
+                    keepdims=1)
+        n_r = tb.op("Max", n_r, tb.const([1], i64), hint="n_r")
+        j = tb.op("Range", tb.const(0, i64), tb.op("Squeeze", n_r, tb.const([0], i64)), tb.const(1, i64), hint="j")
+        j6 = tb.op("Reshape", j, tb.const([-1, 1, 1, 1, 1, 1], i64))
+        first = tb.op("Equal", j6, tb.const(0, i64), hint="first")
+        r_it = tb.op("Reshape", tb.op("Gather", pow2, j, axis=0), tb.const([-1, 1, 1, 1, 1, 1], i64))
+        # Worst case: after r = 1, r1 = min(max(2, 2^ceil(log2(max(rw, 1)))), r_limit) with
+        # rw = L1(x/s)·max|W|/out_bound per block row; then 2·r1, 4·r1, ...
+        l1 = tb.op("ReduceSum", tb.op("Div", absx, s_safe), _axes(tb, -1), keepdims=1)  # [G, nK, R, 1]
+        wmax = tb.op("ReduceMax", tb.op("Abs", wt), _axes(tb, -2, -1), keepdims=1)  # [G, nK, nM, 1, 1]
+        rw = tb.op("Div", tb.op("Mul", tb.op("Unsqueeze", l1, _axes(tb, 2)), wmax), p.out_bound)
+        v = tb.op("Max", rw, p.one)
+        e = tb.op("Ceil", tb.op("Div", tb.op("Log", v), tb.const(np.log(2.0))))
+        em1 = tb.op("Sub", e, p.one)
+        e = tb.op("Where", tb.op("GreaterOrEqual", tb.op("Pow", p.two, em1), v), em1, e)
+        e = tb.op("Where", tb.op("Less", tb.op("Pow", p.two, e), v), tb.op("Add", e, p.one), e)
+        r1 = tb.op("Min", tb.op("Max", tb.op("Pow", p.two, e), p.two), p.r_limit, hint="r1")  # [G, nK, nM, R, 1]
+        jm1 = tb.op("Max", tb.op("Sub", j, tb.const(1, i64)), tb.const(0, i64))
+        r_wc = tb.op("Mul", r1, tb.op("Reshape", tb.op("Gather", pow2, jm1, axis=0),
+                                      tb.const([-1, 1, 1, 1, 1, 1], i64)))
+        r_wc = tb.op("Where", first, p.one, r_wc)
+        valid_wc = tb.op("Or", first, tb.op("And", tb.op("LessOrEqual", r_wc, p.r_limit),
+                                            tb.op("Greater", r_wc, p.one)))
+        r_all = tb.op("Where", p.is_wc, r_wc, r_it, hint="r_all")  # [nR, G, nK, nM|1, R|1, 1]
+        valid_it = tb.op("Or", first, tb.op("LessOrEqual", r_it, p.r_limit))
+        valid = tb.op("Or", tb.op("And", p.is_wc, valid_wc), tb.op("And", tb.op("Not", p.is_wc), valid_it))
+        xb6 = tb.op("Unsqueeze", xb, _axes(tb, 0, 3))  # [1, G, nK, 1, R, Kc]
+        sr = tb.op("Mul", tb.op("Unsqueeze", s_safe, _axes(tb, 0, 3)), r_all)
+        xq = _quantize(tb, p, tb.op("Mul", xb6, tb.op("Div", p.one, sr)), p.inp_step, p.inp_lo, p.inp_hi)
+        y = tb.op("MatMul", xq, tb.op("Unsqueeze", wt, _axes(tb, 0)), hint="y_r")  # [nR, G, nK, nM, R, Mc]
+        sat = tb.op("GreaterOrEqual", tb.op("ReduceMax", tb.op("Abs", y), _axes(tb, -1), keepdims=1), p.out_bound)
+        ok = tb.op("Cast", tb.op("And", valid, tb.op("Not", sat)), to=TensorProto.FLOAT)
+        valid_f = tb.op("Cast", tb.op("Expand", valid, tb.op("Shape", ok)), to=TensorProto.FLOAT)
+        first_ok = tb.op("ArgMax", ok, axis=0, keepdims=1)
+        last_valid = tb.op("ArgMax", valid_f, axis=0, keepdims=1, select_last_index=1)
+        any_ok = tb.op("Greater", tb.op("ReduceMax", ok, _axes(tb, 0), keepdims=1), p.zero)
+        idx = tb.op("Where", any_ok, first_ok, last_valid)  # [1, G, nK, nM, R, 1]
+        s6 = tb.op("Unsqueeze", s, _axes(tb, 0, 3))
+        yq = tb.op("Mul", _quantize(tb, p, y, p.out_step, p.out_lo, p.out_hi), tb.op("Mul", s6, r_all))
+        target = tb.op("Concat", tb.const([1], i64), tb.op("Slice", tb.op("Shape", yq), tb.const([1], i64),
+                                                            tb.const([6], i64)), axis=0)
+        sel = tb.op("GatherElements", yq, tb.op("Expand", idx, target), axis=0)
+        return tb.op("Squeeze", sel, _axes(tb, 0), hint="yblk_bm")
 
-    yblk = b.name("yblk")
-    b.nodes.append(helper.make_node("If", [need_bm], [yblk], then_branch=_graph(tb, "bound_management", [y_then]),
-                                    else_branch=_graph(eb, "no_saturation", [y_else])))
+    sat_any = _if(b, p.use_bm, lambda sb: sb.op("GreaterOrEqual", sb.op("ReduceMax", sb.op("Abs", y1), keepdims=0),
+                                                 p.out_bound), lambda sb: sb.const(False, dtype=bool), "sat_any",
+                  TensorProto.BOOL)
+    yblk = _if(b, sat_any, bound_management, no_saturation, "yblk")  # [G, nK, nM, R, Mc]
+
     # Digital sum over the K blocks, rows back to [G, R, M].
-    ysum = b.op("ReduceSum", yblk, _axes(b, 1), keepdims=0)  # [G, nM, R, Mc]
-    yflat = b.op("Reshape", b.op("Transpose", ysum, perm=[0, 2, 1, 3]),
-                 b.op("Concat", G, R, b.op("Mul", nm, mc), axis=0))
-    y_analog = b.op("Slice", yflat, b.const([0], i64), M, b.const([2], i64))
+    def join_blocks(sb: _Body) -> str:
+        ysum = sb.op("ReduceSum", yblk, _axes(sb, 1), keepdims=0)  # [G, nM, R, Mc]
+        yflat = sb.op("Reshape", sb.op("Transpose", ysum, perm=[0, 2, 1, 3]),
+                      sb.op("Concat", G, R, sb.op("Mul", nm, mc), axis=0))
+        return sb.op("Slice", yflat, sb.const([0], i64), M, sb.const([2], i64))
 
-    # is_perfect: the exact product (no splitting), as rpucuda does.
-    pb = b.sub()
-    y_perf = pb.op("MatMul", X, pb.op("Transpose", W, perm=[0, 2, 1]), hint="y_perfect")
-    ab = b.sub()
-    y_an = ab.op("Identity", y_analog, hint="y_an")
-    y_sel = b.name("y_pipeline")
-    b.nodes.append(helper.make_node("If", [p.is_perfect], [y_sel], then_branch=_graph(pb, "perfect", [y_perf]),
-                                    else_branch=_graph(ab, "analog", [y_an])))
-    return b.op("Mul", y_sel, p.out_scale, hint="y_scaled")
+    y_analog = _if(b, single, lambda sb: sb.op("Squeeze", yblk, _axes(sb, 1, 2)), join_blocks, "y_analog")
+
+    # is_perfect: the exact product (no splitting), as rpucuda does.  (All Ifs of the body sit at
+    # its top level: onnxruntime's constant folding of nested Ifs in inlined functions crashed.)
+    y = _if(b, p.is_perfect, lambda sb: sb.op("MatMul", X, sb.op("Transpose", W, perm=[0, 2, 1])),
+            lambda sb: y_analog, "y_pipeline")
+    return _if(b, p.scale_on, lambda sb: sb.op("Mul", y, p.out_scale), lambda sb: y, "y_scaled")
 
 
 def _defaults() -> List[AttributeProto]:
@@ -373,7 +402,8 @@ def fallback_model(w: np.ndarray, opset: int = 20, **attrs: Any) -> onnx.ModelPr
     node_attrs.update(max_input_size=512, max_output_size=512, noise_model="none", seeds=[0])
     node_attrs.update(attrs)
     node = helper.make_node("AnalogMatMul", ["X", "W", "B"], ["Y"], domain=DOMAIN, **node_attrs)
-    graph = helper.make_graph([node], "analog_matmul", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", k])],
+    graph = helper.make_graph([node], "analog_matmul",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", k])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", m])],
                               [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(m, np.float32), "B")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),

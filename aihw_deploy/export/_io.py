@@ -21,7 +21,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
         raise ExportError(f"output folder {str(folder)!r} does not exist")
     if path.is_dir():
         raise ExportError(f"output path {str(path)!r} is a folder")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=folder)
     os.close(fd)
     try:
         write(tmp)

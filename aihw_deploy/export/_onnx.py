@@ -90,6 +90,21 @@ def quiet() -> Iterator[None]:
             lg.setLevel(lv)
 
 
+def root_cause(exc: BaseException) -> str:
+    """First line of the innermost cause of an exporter's exception (ANSI colours removed)."""
+    import re
+
+    seen = set()
+    while id(exc) not in seen and (exc.__cause__ is not None or exc.__context__ is not None):
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, ExportError):
+        raise exc
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
 # -- arguments -----------------------------------------------------------------------------------
 def check_model_and_input(model: Any, example_input: Any, fn: str) -> Tuple[Tensor, ...]:
     if not isinstance(model, nn.Module):
@@ -152,6 +167,9 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
         for i, v in enumerate(n.input):
             if v == old:
                 n.input[i] = new
+        for i, v in enumerate(n.output):
+            if v == old:
+                n.output[i] = new
     for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
         if vi.name == old:
             vi.name = new
@@ -216,6 +234,12 @@ def finish_model(proto: onnx.ModelProto, model: nn.Module, *, opset: int, seed: 
         del n.metadata_props[:]
         for k, v in keep:
             n.metadata_props.add(key=k, value=v)
+
+    # Plain names for a single input / output (the exporter names them after FX nodes).
+    for values, plain in ((graph.input, "input"), (graph.output, "output")):
+        if len(values) == 1 and values[0].name != plain and plain not in names:
+            _rename(graph, values[0].name, plain)
+            names.add(plain)
 
     # Optional runtime inputs.  ``seed``: default -1 = no seed (each kernel continues its own call
     # sequence); a seed >= 0 makes every run reproducible.
@@ -307,13 +331,7 @@ def export_onnx_model(model: nn.Module, example_input: Any, *, opset: Optional[i
         except ExportError:
             raise
         except Exception as exc:
-            cause = exc
-            while cause.__cause__ is not None and isinstance(cause.__cause__, ExportError):
-                cause = cause.__cause__
-            if isinstance(cause, ExportError):
-                raise cause from None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"torch.onnx.export failed: {first}") from exc
+            raise ExportError(f"torch.onnx.export failed: {root_cause(exc)}") from exc
         proto = program.model_proto
     return finish_model(proto, model, opset=opset, seed=seed, t_inference=t_inference, fallback=fallback)
 

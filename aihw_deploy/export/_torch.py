@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ._io import PathLike, atomic_write
-from ._onnx import check_model_and_input, dynamic_batch_args, quiet, traced_eval
+from ._onnx import check_model_and_input, dynamic_batch_args, quiet, root_cause, traced_eval
 from ._attributes import ExportError
 
 
@@ -26,8 +26,7 @@ def to_torch_export(model: nn.Module, example_input: Any, path: PathLike, *, dyn
         try:
             program = torch.export.export(model, trace_args, dynamic_shapes=dyn)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"torch.export failed: {first}") from exc
+            raise ExportError(f"torch.export failed: {root_cause(exc)}") from exc
     return atomic_write(path, lambda tmp: torch.export.save(program, tmp))
 
 
@@ -39,6 +38,11 @@ def to_torchscript(model: nn.Module, example_input: Any, path: PathLike) -> Path
         try:
             traced = torch.jit.trace(model, args, check_trace=False)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"torch.jit.trace failed: {first}") from exc
-    return atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
+            raise ExportError(f"torch.jit.trace failed: {root_cause(exc)}") from exc
+
+    def save(tmp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.save: "use torch.export"
+            torch.jit.save(traced, tmp)
+
+    return atomic_write(path, save)

@@ -111,8 +111,8 @@ class InferenceSession:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if not use_library and "ai.aihw" in msg:
                 msg += " (the model has no fallback functions: export with fallback=True or use the op library)"
-            raise RuntimeError(f"InferenceSession: onnxruntime cannot load {model if isinstance(model, str) else 'the model'}: "
-                               f"{msg}") from exc
+            what = model if isinstance(model, str) else "the model"
+            raise RuntimeError(f"InferenceSession: onnxruntime cannot load {what}: {msg}") from exc
         overridable = {i.name for i in self.session.get_overridable_initializers()}
         required = {i.name for i in self.session.get_inputs()}
         self._extra: Dict[str, np.ndarray] = {}
