@@ -921,11 +921,44 @@ void infer_output_shape(OpKind kind, OrtShapeInferContext *ctx) {
 // ---------------------------------------------------------------------------------------------
 // The OrtCustomOp descriptions.
 
+// Whether this onnxruntime can run a custom op's InferOutputShapeFn on a node with an absent
+// optional input (an empty input name, e.g. `seed` = "" before a given `t_inference`).  Before
+// 1.24 it cannot: onnxruntime builds the OrtShapeInferContext it hands to InferOutputShapeFn by
+// reading the type of every node input, and the type of an absent input is a null pointer that
+// it dereferences -- a segfault at session creation, inside onnxruntime, before our function is
+// even called.  Verified: 1.21.0 and 1.23.2 crash, 1.24.1, 1.25.1, 1.30.0 and 1.32.0 pass absent
+// inputs as UNDEFINED (the first release on PyPI after the fix is 1.24.1).  An unparsable
+// version string counts as old (losing the shape hint is harmless; a crash is not).
+bool runtime_shape_inference_handles_absent_inputs(const char *version) {
+  // "MAJOR.MINOR.PATCH" (anything after PATCH, e.g. "-dev", is ignored; a missing PATCH reads 0).
+  long v[3] = {0, 0, 0};
+  const char *p = version ? version : "";
+  for (int i = 0; i < 3; ++i) {
+    if (!std::isdigit((unsigned char)*p)) {
+      if (i < 2) return false;  // no MAJOR.MINOR: unknown runtime
+      break;
+    }
+    char *end = nullptr;
+    v[i] = std::strtol(p, &end, 10);
+    p = end;
+    if (i == 2 || *p != '.') {
+      if (i == 0) return false;
+      break;
+    }
+    ++p;
+  }
+  if (v[0] != 1) return v[0] > 1;
+  return v[1] > 24 || (v[1] == 24 && v[2] >= 1);
+}
+
 struct AnalogOp : OrtCustomOp {
   OpKind kind;
   const char *name;
 
-  AnalogOp(OpKind k, const char *n) : OrtCustomOp{}, kind(k), name(n) {
+  // shape_inference: give onnxruntime an InferOutputShapeFn (only where the runtime can call it
+  // safely, see runtime_shape_inference_handles_absent_inputs); without one, onnxruntime's own
+  // fallback types the output (float) and leaves its shape unknown until the first run.
+  AnalogOp(OpKind k, const char *n, bool shape_inference) : OrtCustomOp{}, kind(k), name(n) {
     version = AIHW_ORT_API_VERSION;
     CreateKernel = nullptr;
     KernelCompute = nullptr;
@@ -954,13 +987,15 @@ struct AnalogOp : OrtCustomOp {
       return guarded([&] { static_cast<AnalogKernel *>(kernel)->compute(ctx); });
     };
     KernelDestroy = [](void *kernel) { delete static_cast<AnalogKernel *>(kernel); };
-    InferOutputShapeFn = [](const OrtCustomOp *op, OrtShapeInferContext *ctx) -> OrtStatusPtr {
-      try {
-        infer_output_shape(static_cast<const AnalogOp *>(op)->kind, ctx);
-      } catch (...) {  // shape inference is a hint: never an error
-      }
-      return nullptr;
-    };
+    InferOutputShapeFn = nullptr;
+    if (shape_inference)
+      InferOutputShapeFn = [](const OrtCustomOp *op, OrtShapeInferContext *ctx) -> OrtStatusPtr {
+        try {
+          infer_output_shape(static_cast<const AnalogOp *>(op)->kind, ctx);
+        } catch (...) {  // shape inference is a hint: never an error
+        }
+        return nullptr;
+      };
     GetStartVersion = [](const OrtCustomOp *) { return 1; };
     GetEndVersion = [](const OrtCustomOp *) { return 1; };
     GetMayInplace = nullptr;
@@ -970,13 +1005,14 @@ struct AnalogOp : OrtCustomOp {
   }
 };
 
-const AnalogOp &matmul_op() {
-  static const AnalogOp op(OpKind::MatMul, "AnalogMatMul");
-  return op;
+// Static: onnxruntime keeps pointers to the ops for as long as the sessions live.
+const AnalogOp &matmul_op(bool shape_inference) {
+  static const AnalogOp with(OpKind::MatMul, "AnalogMatMul", true), without(OpKind::MatMul, "AnalogMatMul", false);
+  return shape_inference ? with : without;
 }
-const AnalogOp &conv_op() {
-  static const AnalogOp op(OpKind::Conv, "AnalogConv");
-  return op;
+const AnalogOp &conv_op(bool shape_inference) {
+  static const AnalogOp with(OpKind::Conv, "AnalogConv", true), without(OpKind::Conv, "AnalogConv", false);
+  return shape_inference ? with : without;
 }
 
 // Domains handed to sessions live as long as the library (onnxruntime keeps pointers to them).
@@ -1035,8 +1071,9 @@ extern "C" AIHW_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptio
       std::lock_guard<std::mutex> lk(store.mu);
       store.domains.push_back(domain);
     }
-    check(g_api->CustomOpDomain_Add(domain, &matmul_op()));
-    check(g_api->CustomOpDomain_Add(domain, &conv_op()));
+    const bool shape_inference = runtime_shape_inference_handles_absent_inputs(api_base->GetVersionString());
+    check(g_api->CustomOpDomain_Add(domain, &matmul_op(shape_inference)));
+    check(g_api->CustomOpDomain_Add(domain, &conv_op(shape_inference)));
     check(g_api->AddCustomOpDomain(options, domain));
   });
 }

@@ -8,9 +8,12 @@ same code on the same numbers, so outputs must agree to float rounding (the test
 """
 
 import glob
+import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 import threading
 
@@ -67,6 +70,16 @@ LIB = _find_library()
 pytestmark = pytest.mark.skipif(LIB is None, reason="libaihw_ort_ops.so is not installed (AIHW_BUILD_ORT_OPS=OFF?)")
 
 
+def _version_tuple(v):
+    """(major, minor, patch) of a version string such as "1.24.1" ((0, 0, 0) if unparsable)."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", v)
+    return tuple(int(x or 0) for x in m.groups()) if m else (0, 0, 0)
+
+
+# onnxruntime runs the library's output shape inference only from this version on (ort_ops/README.md).
+ORT_SHAPE_INFERENCE = (1, 24, 1)
+
+
 def f32(a):
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -110,8 +123,10 @@ def make_model(op, inputs, initializers, attrs, n_inputs=None, outputs=("Y",), f
     g = helper.make_graph([node], "g", graph_inputs,
                           [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
                           initializers)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-                             functions=list(functions))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+                          functions=list(functions))
+    m.ir_version = 8  # opset 17's IR version: readable by onnxruntime 1.21, the oldest supported
+    return m
 
 
 def session(model, lib=LIB, threads=1, **config):
@@ -352,6 +367,9 @@ def test_kernel_takes_over_from_model_local_function():
 
 def test_output_shape_inference():
     """onnxruntime learns the output shapes at session creation (symbolic dims kept)."""
+    if _version_tuple(ort.__version__) < ORT_SHAPE_INFERENCE:
+        pytest.skip(f"onnxruntime {ort.__version__} < 1.24.1: the library gives it no shape inference "
+                    "(it would crash on absent optional inputs, ort_ops/README.md)")
     def out_shape(op, x_shape, w, attrs):
         node = helper.make_node(op, ["X", "W"], ["Y"], domain=DOMAIN, **attrs)
         g = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
@@ -662,3 +680,149 @@ def test_session_config_num_threads(small):
     y1 = matmul_session(W, **{"aihw.num_threads": "1"}).run(None, {"X": X})[0]
     y0 = matmul_session(W, **{"aihw.num_threads": "0"}).run(None, {"X": X})[0]  # 0: all cores (the default)
     np.testing.assert_array_equal(y1, y0)  # results do not depend on the thread count
+
+
+# --------------------------------------------------------------------------- absent optional inputs, old runtimes
+
+# A child process: sessions for the models in argv[2] (model_<name>.onnx + feeds_<name>.npz,
+# feeds as run<i>__<input>), with the library argv[1]; outputs and output shapes to argv[3].
+# It needs only numpy and onnxruntime, so PYTHONPATH can put another onnxruntime in front.
+_CHILD = r"""
+import glob, json, os, sys
+import numpy as np
+import onnxruntime as ort
+
+lib, models, out = sys.argv[1:4]
+res = {"version": ort.__version__, "file": ort.__file__, "shapes": {}}
+arrays = {}
+for path in sorted(glob.glob(os.path.join(models, "model_*.onnx"))):
+    name = os.path.basename(path)[len("model_"):-len(".onnx")]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 4
+    so.register_custom_ops_library(lib)
+    print("session", name, flush=True)
+    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    shape = s.get_outputs()[0].shape
+    res["shapes"][name] = list(shape) if isinstance(shape, (list, tuple)) else shape
+    feeds = np.load(os.path.join(models, "feeds_" + name + ".npz"))
+    runs = sorted({k.split("__")[0] for k in feeds.files}, key=lambda r: int(r[3:]))
+    for r in runs:
+        run_feeds = {k.split("__")[1]: feeds[k] for k in feeds.files if k.startswith(r + "__")}
+        arrays[name + "__" + r] = s.run(None, run_feeds)[0]
+np.savez(os.path.join(out, "outputs.npz"), **arrays)
+with open(os.path.join(out, "result.json"), "w") as f:
+    json.dump(res, f)
+"""
+
+
+def _ort121_path(tmp_path_factory):
+    """A copy of onnxruntime 1.21 (the oldest supported runtime) for PYTHONPATH, or None.
+
+    Looked for (never downloaded): $AIHW_ORT121 (a folder holding the onnxruntime package, or a
+    wheel file), /tmp/ort121 (an unpacked wheel), a wheel in /tmp/ort121dl.  Get one with
+    `pip download onnxruntime==1.21.0 --no-deps -d /tmp/ort121dl`.
+    """
+    cands = [os.environ.get("AIHW_ORT121", ""), "/tmp/ort121"]
+    cands += sorted(glob.glob("/tmp/ort121dl/onnxruntime-1.21*.whl"))
+    for c in cands:
+        if not c or not os.path.exists(c):
+            continue
+        if os.path.isdir(c):
+            if (os.path.isdir(os.path.join(c, "onnxruntime"))
+                    and glob.glob(os.path.join(c, "onnxruntime-1.21*.dist-info"))):
+                return c
+        elif c.endswith(".whl") and os.path.basename(c).startswith("onnxruntime-1.21"):
+            import zipfile
+
+            d = str(tmp_path_factory.mktemp("ort121"))
+            with zipfile.ZipFile(c) as z:
+                z.extractall(d)
+            return d
+    return None
+
+
+def _absent_input_models(d):
+    """Models whose custom node has an absent optional input ("") before a given one, with their
+    feeds and reference outputs ({name: [ref per run]})."""
+    g = np.random.default_rng(77)
+    io, noisy = io_and_attrs(**NOISY)
+    refs = {}
+
+    def save(name, m, runs):
+        onnx.save(m, os.path.join(d, f"model_{name}.onnx"))
+        np.savez(os.path.join(d, f"feeds_{name}.npz"),
+                 **{f"run{i}__{k}": v for i, feeds in enumerate(runs) for k, v in feeds.items()})
+
+    # 1. seed absent, t_inference given (B given): the reported crash.  PCM chip with drift.
+    W = f32(g.uniform(-0.5, 0.5, (5, 12)))
+    B = f32(g.normal(size=5))
+    X = f32(g.normal(size=(3, 12)))
+    io0, attrs = io_and_attrs()
+    attrs.update(noise_model="pcm", drift_compensation="global", t_inference=0.0, seeds=[4], call_offsets=[0],
+                 program_seeds=[8])
+    m = make_model("AnalogMatMul", ["X", "W", "B", "", "t_inference"],
+                   [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")], attrs)
+    m.graph.input[0].CopyFrom(helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 12]))
+    ts = [3600.0, 86400.0]
+    save("matmul_t", m, [{"X": X, "t_inference": np.array(t, np.float32)} for t in ts])
+    noise = inf.PCMNoiseParameters()
+    refs["matmul_t"] = [pcm_reference(W, X, io0, mapping(), noise, "global", t, 4, 8, i) + B
+                        for i, t in enumerate(ts)]
+
+    # 2. B and seed absent, t_inference given (no noise model: t is checked, weights are W).
+    attrs = dict(noisy, seeds=[3], call_offsets=[10])
+    m = make_model("AnalogMatMul", ["X", "W", "", "", "t_inference"], [numpy_helper.from_array(W, "W")], attrs)
+    save("matmul_b_seed_absent", m, [{"X": X, "t_inference": np.array(1.0, np.float32)}] * 2)
+    refs["matmul_b_seed_absent"] = [io_mvm(W, X, io=io, mapping=mapping(), seed=3, call=10 + i) for i in range(2)]
+
+    # 3. B absent, seed given (>= 0: generator (seed, 0); < 0: the kernel's call counter).
+    m = make_model("AnalogMatMul", ["X", "W", "", "seed"], [numpy_helper.from_array(W, "W")], attrs)
+    save("matmul_seed", m, [{"X": X, "seed": np.array(v, np.int64)} for v in (42, -1, 42, -1)])
+    refs["matmul_seed"] = [io_mvm(W, X, io=io, mapping=mapping(), seed=s, call=c)
+                           for s, c in ((42, 0), (3, 10), (42, 0), (3, 11))]
+
+    # 4. AnalogConv with B and seed absent, t_inference given.
+    Wt = f32(g.uniform(-0.5, 0.5, (4, 1, 3)))
+    Xc = f32(g.normal(size=(2, 2, 10)))
+    attrs = dict(noisy, group=2, seeds=[1, 2], call_offsets=[0, 0])
+    m = make_model("AnalogConv", ["X", "W", "", "", "t_inference"], [numpy_helper.from_array(Wt, "W")], attrs)
+    save("conv_t", m, [{"X": Xc, "t_inference": np.array(5.0, np.float32)}])
+    refs["conv_t"] = [conv_reference(Xc, Wt, None, (1,), (0,), (1,), 2, io, mapping(), [1, 2], 0)]
+    return refs
+
+
+@pytest.mark.parametrize("runtime", ["installed", "1.21"])
+def test_absent_optional_input_before_a_given_one(runtime, tmp_path, tmp_path_factory):
+    """An empty input name ("" = absent optional input, e.g. seed) before a given input (t_inference):
+    onnxruntime < 1.24 segfaulted at session creation while building the context for the op's
+    shape-inference function (it dereferences the null type of the absent input).  Run in a child
+    process (a crash must fail the test, not kill pytest), with the installed onnxruntime and with
+    1.21, the oldest supported one."""
+    env = dict(os.environ)
+    if runtime == "1.21":
+        path = _ort121_path(tmp_path_factory)
+        if path is None:
+            pytest.skip("no copy of onnxruntime 1.21: set AIHW_ORT121 to an unpacked wheel or a wheel file, or "
+                        "`pip download onnxruntime==1.21.0 --no-deps -d /tmp/ort121dl` (the test never downloads)")
+        env["PYTHONPATH"] = os.pathsep.join([path] + [p for p in [env.get("PYTHONPATH")] if p])
+    models, out = tmp_path / "models", tmp_path / "out"
+    models.mkdir()
+    out.mkdir()
+    refs = _absent_input_models(str(models))
+    p = subprocess.run([sys.executable, "-c", _CHILD, LIB, str(models), str(out)], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, (f"child exited with {p.returncode}"
+                               f"{' (SIGSEGV)' if p.returncode == -11 else ''}\n{p.stdout}\n{p.stderr[-4000:]}")
+    res = json.loads((out / "result.json").read_text())
+    if runtime == "1.21":
+        assert res["version"].startswith("1.21."), res
+    else:
+        assert res["version"] == ort.__version__, res
+    ys = np.load(out / "outputs.npz")
+    for name, rs in refs.items():
+        for i, ref in enumerate(rs):
+            assert_close(ys[f"{name}__run{i}"], ref)
+    # Runtimes that pass absent inputs to shape inference (>= 1.24.1) still learn the output shape.
+    if _version_tuple(res["version"]) >= ORT_SHAPE_INFERENCE:
+        assert res["shapes"]["matmul_t"] == ["N", 5], res["shapes"]

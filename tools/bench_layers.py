@@ -6,13 +6,17 @@ and a training step (MSE, AnalogSGD lr 0.01) for FloatingPointRPUConfig,
 SingleRPUConfig(ConstantStep), SingleRPUConfig(SoftBounds) and InferenceRPUConfig (eval-mode
 forward), each beside torch.nn.Linear/Conv2d with torch.optim.SGD.  Median ms and ratio.
 
-    python tools/bench_layers.py [--repeats 9] [--threads 2] [--quick]
+    python tools/bench_layers.py [--repeats 9] [--threads 2] [--quick] [--memory]
+
+"fwd" of InferenceRPUConfig is the eval-mode forward; the others are train-mode.  --memory adds
+the peak RSS growth of three training steps, each configuration in a fresh process.
 """
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
-import tracemalloc
 
 import torch
 from torch import nn
@@ -73,39 +77,84 @@ def measure(model, x, y, repeats, opt_cls, eval_forward):
     if eval_forward:
         model.eval()
     r_fwd = median_ms(fwd, repeats)
-    tracemalloc.start()
     model.train()
-    step()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return r_fwd, r_fb, r_step, peak
+    return r_fwd, r_fb, r_step
+
+
+def memory_child(case_index: int, config: str) -> None:
+    """Peak RSS growth (MiB) of 3 training steps in a fresh process (printed)."""
+    name, make_analog, make_torch, xshape = list(cases(False))[case_index]
+    torch.manual_seed(0)
+    x = torch.rand(*xshape)
+    if config == "torch":
+        model, opt_cls = make_torch(), torch.optim.SGD
+    else:
+        model, opt_cls = make_analog(cfg=dict(CONFIGS)[config]()), AnalogSGD
+    with torch.no_grad():
+        y = torch.rand_like(model(x))
+    opt = opt_cls(model.parameters(), lr=0.01)
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])  # kB
+        raise RuntimeError(key)
+
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS (VmHWM), Linux >= 4.0
+        f.write("5")
+    base = status("VmRSS:")
+    for _ in range(3):
+        opt.zero_grad()
+        mse_loss(model(x), y).backward()
+        opt.step()
+    print((status("VmHWM:") - base) / 1024.0)
+
+
+def memory_growth(case_index: int, config: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(case_index), config],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--memory-child":
+        memory_child(int(sys.argv[2]), sys.argv[3])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    ap.add_argument("--memory", action="store_true",
+                    help="also report the peak RSS growth of 3 training steps (fresh process each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
     reps = 5 if args.quick else args.repeats
     print(f"threads={args.threads}, median of {reps} runs; x ~ U(0,1), targets ~ U(0,1); ratio = analog / torch")
-    print(f"{'case':32s} {'config':14s} {'fwd ms':>8s} {'ratio':>6s} {'f+b ms':>8s} {'ratio':>6s} {'step ms':>8s} {'ratio':>6s}")
-    for name, make_analog, make_torch, xshape in cases(args.quick):
+    print(f"{'case':32s} {'config':14s} {'fwd ms':>8s} {'ratio':>6s} {'f+b ms':>8s} {'ratio':>6s} {'step ms':>8s} {'ratio':>6s}"
+          + ("   mem MiB  ratio" if args.memory else ""))
+    for ci, (name, make_analog, make_torch, xshape) in enumerate(cases(args.quick)):
         torch.manual_seed(0)
         x = torch.rand(*xshape)
         ref = make_torch()
         with torch.no_grad():
             y = torch.rand_like(ref(x))
-        t_fwd, t_fb, t_step, _ = measure(ref, x, y, reps, torch.optim.SGD, False)
-        print(f"{name:32s} {'torch':14s} {t_fwd:8.3f} {'1.00':>6s} {t_fb:8.3f} {'1.00':>6s} {t_step:8.3f} {'1.00':>6s}", flush=True)
+        t_fwd, t_fb, t_step = measure(ref, x, y, reps, torch.optim.SGD, False)
+        t_mem = memory_growth(ci, "torch") if args.memory else 0.0
+        mem = f"  {t_mem:8.1f}   1.00" if args.memory else ""
+        print(f"{name:32s} {'torch':14s} {t_fwd:8.3f} {'1.00':>6s} {t_fb:8.3f} {'1.00':>6s} {t_step:8.3f} {'1.00':>6s}{mem}",
+              flush=True)
         for cname, cfg in CONFIGS:
             torch.manual_seed(0)
             model = make_analog(cfg=cfg())
-            a_fwd, a_fb, a_step, _ = measure(model, x, y, reps, AnalogSGD, cname == "Inference")
+            a_fwd, a_fb, a_step = measure(model, x, y, reps, AnalogSGD, cname == "Inference")
+            mem = ""
+            if args.memory:
+                a_mem = memory_growth(ci, cname)
+                mem = f"  {a_mem:8.1f} {a_mem / max(t_mem, 0.1):6.2f}"
             print(f"{'':32s} {cname:14s} {a_fwd:8.3f} {a_fwd / t_fwd:6.2f} {a_fb:8.3f} {a_fb / t_fb:6.2f} "
-                  f"{a_step:8.3f} {a_step / t_step:6.2f}", flush=True)
+                  f"{a_step:8.3f} {a_step / t_step:6.2f}{mem}", flush=True)
 
 
 if __name__ == "__main__":
