@@ -156,6 +156,11 @@ void fill_normal_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32
 // The same for uniforms in (0, 1).
 void fill_uniform_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32_t sub, uint64_t call,
                        uint64_t base);
+// The instruction set the bulk generator, the IO pipeline's element loops and the analog product
+// use: 0 = baseline x86-64 / portable code, 1 = AVX2 + FMA, 2 = AVX-512F; detected once.  Every
+// level gives the same values bit for bit; the environment variable RPU_SIMD (read at load time)
+// caps it: "generic" -> 0, "avx2" -> at most 1.
+int simd_level();
 #endif
 
 }  // namespace rpu

@@ -2,34 +2,93 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "blas.h"
 
 namespace rpu {
 namespace {
 
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// Waiting for work.  Waking a sleeping thread costs a futex call plus the scheduler's latency
+// (tens of microseconds on a virtual machine with idle cores), which is the whole cost of a small
+// job; so a waiting thread first polls for up to spin_us (default 50 us, RPU_SPIN_US overrides,
+// 0 = never), then sleeps on a condition variable.  An idle pool sleeps after that long.
+//  * Polling: pure pause loops for the first kPureSpinUs, then sched_yield between polls, so that
+//    other runnable threads (the OpenMP threads of torch between two of our calls) get the core.
+//  * A worker polls for the whole spin_us only while jobs arrive in quick succession (the
+//    average gap between the end of its last job and the next post is below spin_us); when
+//    rpucuda calls alternate with long stretches of other work, it only polls briefly.
+constexpr int kPureSpinUs = 5;
+
+int spin_us_from_env() {
+  const char *env = std::getenv("RPU_SPIN_US");
+  if (env != nullptr && *env != '\0') {
+    char *end = nullptr;
+    long v = std::strtol(env, &end, 10);
+    if (end != env && v >= 0) return (int)std::min<long>(v, 100000);
+  }
+  return 50;
+}
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Polls until pred() holds or `us` microseconds passed; returns pred().
+template <typename Pred>
+bool spin_until(Pred pred, int us) {
+  if (pred()) return true;
+  if (us <= 0) return false;
+  const int64_t t0 = now_ns(), t_yield = t0 + 1000 * (int64_t)std::min(us, kPureSpinUs),
+                t_end = t0 + 1000 * (int64_t)us;
+  for (;;) {
+    for (int i = 0; i < 32; ++i) {
+      cpu_relax();
+      if (pred()) return true;
+    }
+    const int64_t t = now_ns();
+    if (t >= t_end) return pred();
+    if (t >= t_yield) std::this_thread::yield();
+  }
+}
+
 class Pool {
  public:
+  Pool() : spin_us_(spin_us_from_env()) {}
   ~Pool() { resize(0); }
 
   void resize(int n_workers) {
     std::lock_guard<std::mutex> busy(busy_);
     {
       std::lock_guard<std::mutex> lk(m_);
-      stop_ = true;
-      ++generation_;
+      stop_.store(true, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto &t : workers_) t.join();
     workers_.clear();
-    stop_ = false;
+    stop_.store(false, std::memory_order_relaxed);
     // Each worker starts from the generation current now: reading it inside the new thread
     // could miss a job posted before the thread first ran (and deadlock the caller).
-    const uint64_t gen0 = generation_;
+    const uint64_t gen0 = generation_.load(std::memory_order_relaxed);
     for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, i, gen0] { loop(i, gen0); });
   }
 
@@ -44,18 +103,24 @@ class Pool {
       fn(0, n);
       return true;
     }
+    // Spinning workers watch generation_ without the mutex; the job itself is read under it.
+    bool wake;
     {
       std::lock_guard<std::mutex> lk(m_);
       fn_ = &fn;
       n_ = n;
       parts_ = parts;
-      pending_ = parts - 1;
-      ++generation_;
+      pending_.store(parts - 1, std::memory_order_relaxed);
+      post_ns_.store(now_ns(), std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      wake = sleepers_ > 0;
     }
-    cv_.notify_all();
+    if (wake) cv_.notify_all();
     run_part(0);
-    std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; }, spin_us_)) {
+      std::unique_lock<std::mutex> lk(m_);
+      done_cv_.wait(lk, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     fn_ = nullptr;
     return true;
   }
@@ -67,29 +132,52 @@ class Pool {
   }
 
   void loop(int idx, uint64_t seen) {
+    int64_t last_end = 0, avg_gap = 0;  // ns; avg_gap: running average of the idle gaps
     for (;;) {
+      auto fresh = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+      const bool busy = avg_gap < 1000 * (int64_t)spin_us_;
+      const bool spun = spin_until(fresh, busy ? spin_us_ : std::min(spin_us_, kPureSpinUs));
       std::unique_lock<std::mutex> lk(m_);
-      cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      int part = idx + 1;
-      if (part >= parts_) continue;
+      if (!spun) {
+        ++sleepers_;
+        cv_.wait(lk, fresh);
+        --sleepers_;
+      }
+      if (stop_.load(std::memory_order_relaxed)) return;
+      // The generation and its job, read together under the mutex.
+      seen = generation_.load(std::memory_order_relaxed);
+      if (last_end > 0) {
+        const int64_t gap = std::max<int64_t>(0, post_ns_.load(std::memory_order_relaxed) - last_end);
+        avg_gap = (3 * avg_gap + std::min<int64_t>(gap, 1000000000)) / 4;
+      }
+      const int part = idx + 1;
+      if (part >= parts_) {
+        last_end = now_ns();
+        continue;
+      }
       lk.unlock();
       run_part(part);
-      lk.lock();
-      if (--pending_ == 0) done_cv_.notify_one();
+      last_end = now_ns();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        // The caller may be about to sleep: notify under the mutex (it checks under it).
+        std::lock_guard<std::mutex> lk_done(m_);
+        done_cv_.notify_one();
+      }
     }
   }
 
+  const int spin_us_;
   std::mutex busy_, m_;
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
   const std::function<void(int64_t, int64_t)> *fn_ = nullptr;
   int64_t n_ = 0;
   int parts_ = 0;
-  int pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int64_t> post_ns_{0};  // when the current job was posted
+  std::atomic<bool> stop_{false};
+  int sleepers_ = 0;  // guarded by m_
 };
 
 Pool &pool() {
