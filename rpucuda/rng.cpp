@@ -196,12 +196,17 @@ void fill_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32_t sub,
     // keep the low counter word from wrapping inside one batch
     uint64_t room = 0x100000000ull - (block & 0xFFFFFFFFull);
     if ((uint64_t)n > room) n = (int)room;
-    philox_lanes((uint32_t)block, n, (uint32_t)(block >> 32), c2, c3, k0, k1, w);
+    // Short runs: compute whole vectors of lanes (the extra lanes are discarded).  A remainder
+    // shorter than the vector width would otherwise run the scalar loop epilogue, ~10x slower
+    // per number; every used lane has the same value either way.
+    int nv = (n + 15) & ~15;
+    if ((uint64_t)nv > room) nv = n;
+    philox_lanes((uint32_t)block, nv, (uint32_t)(block >> 32), c2, c3, k0, k1, w);
     const int64_t take = std::min<int64_t>(4 * (int64_t)n, L - done);
-    if (take == 4 * (int64_t)n) {
-      transform<kNormal>(w, n, out + done);
+    if (take == 4 * (int64_t)nv) {
+      transform<kNormal>(w, nv, out + done);
     } else {
-      transform<kNormal>(w, n, tmp);
+      transform<kNormal>(w, nv, tmp);
       std::memcpy(out + done, tmp, sizeof(float) * take);
     }
     done += take;
