@@ -45,7 +45,6 @@ namespace {
 
 const OrtApi *g_api = nullptr;
 constexpr const char *kDomain = "ai.aihw";
-constexpr uint64_t kReadoutSeedXor = 0x5DEECE66DULL;
 constexpr size_t kMaxCachedTimes = 8;  // chip states kept per kernel (one per t_inference value)
 
 // ---------------------------------------------------------------------------------------------
@@ -621,17 +620,13 @@ class AnalogKernel {
     if (keep_copy) p->w_src.assign(W, W + per * n_tiles_);
     p->pw.resize(n_tiles_);
     p->ref.resize(n_tiles_);
-    std::vector<float> w0((size_t)per);
     for (int g = 0; g < n_tiles_; ++g) {
       const float *Wg = W + g * per;
       rpu::pcm_program(Wg, (int)Mg_, (int)Kg_, noise_, tiles_[g].program_seed, p->pw[g]);
-      if (comp_ != rpu::DriftCompensationType::None) {
-        // Compensation reference: the chip read at t = 0 with read-noise sample 0.
-        rpu::pcm_weights_at(p->pw[g], noise_, 0.0, tiles_[g].program_seed, 0, w0.data());
-        p->ref[g].resize(comp_ == rpu::DriftCompensationType::PerColumn ? (size_t)Mg_ : 1);
-        rpu::drift_readout(w0.data(), (int)Mg_, (int)Kg_, io_, map_, comp_,
-                           rpu::MVMCall{tiles_[g].seed ^ kReadoutSeedXor, 0}, p->ref[g].data());
-      }
+      p->ref[g].resize(comp_ == rpu::DriftCompensationType::None ? 0
+                       : comp_ == rpu::DriftCompensationType::PerColumn ? (size_t)Mg_ : 1);
+      rpu::chip_reference(p->pw[g], noise_, tiles_[g].program_seed, io_, map_, comp_, tiles_[g].seed,
+                          p->ref[g].data());
     }
     return p;
   }
@@ -663,14 +658,9 @@ class AnalogKernel {
     c->alpha.resize(n_tiles_);
     for (int g = 0; g < n_tiles_; ++g) {
       c->W[g].resize((size_t)per);
-      rpu::pcm_weights_at(p.pw[g], noise_, (double)t, tiles_[g].program_seed, 1, c->W[g].data());
-      if (comp_ != rpu::DriftCompensationType::None) {
-        std::vector<float> now(p.ref[g].size());
-        rpu::drift_readout(c->W[g].data(), (int)Mg_, (int)Kg_, io_, map_, comp_,
-                           rpu::MVMCall{tiles_[g].seed ^ kReadoutSeedXor, 0}, now.data());
-        c->alpha[g].resize(now.size());
-        for (size_t i = 0; i < now.size(); ++i) c->alpha[g][i] = p.ref[g][i] / now[i];
-      }
+      c->alpha[g].resize(p.ref[g].size());
+      rpu::chip_at(p.pw[g], noise_, (double)t, tiles_[g].program_seed, io_, map_, comp_, tiles_[g].seed,
+                   p.ref[g].data(), c->W[g].data(), c->alpha[g].data());
     }
     std::lock_guard<std::mutex> lk(p.mu);
     auto it = p.chips.find(key);

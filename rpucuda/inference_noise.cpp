@@ -151,4 +151,24 @@ void drift_readout(const float *W, int M, int K, const IOParameters &io,
   }
 }
 
+void chip_reference(const ProgrammedWeights &pw, const PCMNoiseParameters &p, uint64_t program_seed,
+                    const IOParameters &io, const MappingParameter &map, DriftCompensationType type,
+                    uint64_t tile_seed, float *ref_out) {
+  if (type == DriftCompensationType::None) return;
+  std::vector<float> w0((size_t)pw.M * pw.K);
+  pcm_weights_at(pw, p, 0.0, program_seed, 0, w0.data());
+  drift_readout(w0.data(), pw.M, pw.K, io, map, type, MVMCall{tile_seed ^ kChipReadoutSeedXor, 0}, ref_out);
+}
+
+void chip_at(const ProgrammedWeights &pw, const PCMNoiseParameters &p, double t_inference, uint64_t program_seed,
+             const IOParameters &io, const MappingParameter &map, DriftCompensationType type, uint64_t tile_seed,
+             const float *ref, float *W_out, float *alpha_out) {
+  pcm_weights_at(pw, p, t_inference, program_seed, 1, W_out);
+  if (type == DriftCompensationType::None) return;
+  const size_t n = type == DriftCompensationType::PerColumn ? (size_t)pw.M : 1;
+  std::vector<float> now(n);
+  drift_readout(W_out, pw.M, pw.K, io, map, type, MVMCall{tile_seed ^ kChipReadoutSeedXor, 0}, now.data());
+  for (size_t i = 0; i < n; ++i) alpha_out[i] = ref[i] / now[i];
+}
+
 }  // namespace rpu

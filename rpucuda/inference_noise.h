@@ -63,6 +63,25 @@ void drift_readout(const float *W, int M, int K, const IOParameters &io,
                    const MappingParameter &map, DriftCompensationType type, const MVMCall &rng,
                    float *ref_out);
 
+// The chip conventions shared by every host (the PyTorch inference tile and the onnxruntime
+// kernel), so both see the same chip for the same seeds:
+//  - the compensation reference is the read-out (drift_readout with generator
+//    (tile_seed ^ kChipReadoutSeedXor, 0)) of the chip at t = 0 with read-noise sample 0;
+//  - the chip at time t is pcm_weights_at(..., t, program_seed, call = 1), and
+//    alpha = reference / read-out of that chip.
+constexpr uint64_t kChipReadoutSeedXor = 0x5DEECE66DULL;
+
+// Writes the reference (1 value for Global, M for PerColumn; nothing for None).
+void chip_reference(const ProgrammedWeights &pw, const PCMNoiseParameters &p, uint64_t program_seed,
+                    const IOParameters &io, const MappingParameter &map, DriftCompensationType type,
+                    uint64_t tile_seed, float *ref_out);
+
+// Chip weights W_out [M, K] at t_inference seconds and, unless type is None, alpha_out
+// (1 or M values) = ref / read-out of W_out.
+void chip_at(const ProgrammedWeights &pw, const PCMNoiseParameters &p, double t_inference, uint64_t program_seed,
+             const IOParameters &io, const MappingParameter &map, DriftCompensationType type, uint64_t tile_seed,
+             const float *ref, float *W_out, float *alpha_out);
+
 // ---------------------------------------------------------------------------------------------
 // Per-device math (SPEC §4.1-4.2), shared with the CUDA twin.
 

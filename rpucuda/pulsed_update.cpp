@@ -93,7 +93,7 @@ PulseScales pulse_scales(float x_max, float d_max, float lr, float dw_min, const
 
 namespace {
 
-constexpr int kLanes = 64;        // Philox blocks per vectorized batch (a multiple of 8)
+constexpr int kLanes = 64;        // Philox blocks per batch (the size rpu::philox_lanes fills)
 constexpr int kMaxBits = 64;      // pulse slots representable in a train
 constexpr float kXiBound = 8.0f;  // |xi| bound of the ConstantStep reach check
 constexpr uint32_t kC2cDense = 1;  // TAG_PULSE_C2C sub-streams
@@ -106,111 +106,17 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline float min_or(float v, float bound) { return v < bound ? v : bound; }
 inline float max_or(float v, float bound) { return v > bound ? v : bound; }
 
-// ---- Philox in bulk ------------------------------------------------------------------------
-
-// Philox4x32-10 of the blocks with counters (lo + l, hi, c2, c3), l = 0 .. n-1 (no carry out of
-// lo), as four word arrays of at least round_up(n, 8) entries.
-void philox_lanes_generic(uint32_t lo, uint32_t hi, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1, int n,
-                          uint32_t *w0, uint32_t *w1, uint32_t *w2, uint32_t *w3) {
-#pragma omp simd
-  for (int l = 0; l < n; ++l) {
-    Philox4 r = philox4x32_10(lo + (uint32_t)l, hi, c2, c3, k0, k1);
-    w0[l] = r.v[0];
-    w1[l] = r.v[1];
-    w2[l] = r.v[2];
-    w3[l] = r.v[3];
-  }
-}
-
-#ifdef RPU_PU_X86
-// The same with AVX2, 8 blocks at a time (32x32 -> 64-bit products with vpmuludq).
-__attribute__((target("avx2"))) void philox_lanes_avx2(uint32_t lo, uint32_t hi, uint32_t c2, uint32_t c3,
-                                                         uint32_t k0, uint32_t k1, int n, uint32_t *w0,
-                                                         uint32_t *w1, uint32_t *w2, uint32_t *w3) {
-  const __m256i M0 = _mm256_set1_epi32((int)0xD2511F53u), M1 = _mm256_set1_epi32((int)0xCD9E8D57u);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int l = 0; l < n; l += 8) {
-    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32((int)(lo + (uint32_t)l)), lane);
-    __m256i x1 = _mm256_set1_epi32((int)hi), x2 = _mm256_set1_epi32((int)c2), x3 = _mm256_set1_epi32((int)c3);
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < 10; ++r) {
-      const __m256i pe0 = _mm256_mul_epu32(x0, M0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(x0, 32), M0);
-      const __m256i pe1 = _mm256_mul_epu32(x2, M1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(x2, 32), M1);
-      const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
-      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
-      const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
-      const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32((int)ka));
-      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32((int)kb));
-      x1 = lo1;
-      x3 = lo0;
-      ka += 0x9E3779B9u;
-      kb += 0xBB67AE85u;
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w0 + l), x0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w1 + l), x1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w2 + l), x2);
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w3 + l), x3);
-  }
-}
-// The same with AVX-512, 16 blocks at a time.  (GCC 12 warns about the _mm512_undefined_epi32()
-// inside its own intrinsics header.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-__attribute__((target("avx512f"))) void philox_lanes_avx512(uint32_t lo, uint32_t hi, uint32_t c2, uint32_t c3,
-                                                              uint32_t k0, uint32_t k1, int n, uint32_t *w0,
-                                                              uint32_t *w1, uint32_t *w2, uint32_t *w3) {
-  const __m512i M0 = _mm512_set1_epi32((int)0xD2511F53u), M1 = _mm512_set1_epi32((int)0xCD9E8D57u);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int l = 0; l < n; l += 16) {
-    __m512i x0 = _mm512_add_epi32(_mm512_set1_epi32((int)(lo + (uint32_t)l)), lane);
-    __m512i x1 = _mm512_set1_epi32((int)hi), x2 = _mm512_set1_epi32((int)c2), x3 = _mm512_set1_epi32((int)c3);
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < 10; ++r) {
-      const __m512i pe0 = _mm512_mul_epu32(x0, M0), po0 = _mm512_mul_epu32(_mm512_srli_epi64(x0, 32), M0);
-      const __m512i pe1 = _mm512_mul_epu32(x2, M1), po1 = _mm512_mul_epu32(_mm512_srli_epi64(x2, 32), M1);
-      const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, pe0, _mm512_slli_epi64(po0, 32));
-      const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe0, 32), po0);
-      const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, pe1, _mm512_slli_epi64(po1, 32));
-      const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe1, 32), po1);
-      x0 = _mm512_ternarylogic_epi32(hi1, x1, _mm512_set1_epi32((int)ka), 0x96);
-      x2 = _mm512_ternarylogic_epi32(hi0, x3, _mm512_set1_epi32((int)kb), 0x96);
-      x1 = lo1;
-      x3 = lo0;
-      ka += 0x9E3779B9u;
-      kb += 0xBB67AE85u;
-    }
-    _mm512_storeu_si512(w0 + l, x0);
-    _mm512_storeu_si512(w1 + l, x1);
-    _mm512_storeu_si512(w2 + l, x2);
-    _mm512_storeu_si512(w3 + l, x3);
-  }
-}
-#pragma GCC diagnostic pop
-bool detect_avx2() {
-  __builtin_cpu_init();  // this runs from a static initializer, maybe before libgcc's own
-  return __builtin_cpu_supports("avx2");
-}
-const bool g_avx2 = detect_avx2();
-const bool g_avx512 = g_avx2 && __builtin_cpu_supports("avx512f");
-#endif
-
-inline void philox_lanes(uint32_t lo, uint32_t hi, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1, int n,
-                         uint32_t *w0, uint32_t *w1, uint32_t *w2, uint32_t *w3) {
-#ifdef RPU_PU_X86
-  if (g_avx512) return philox_lanes_avx512(lo, hi, c2, c3, k0, k1, n, w0, w1, w2, w3);
-  if (g_avx2) return philox_lanes_avx2(lo, hi, c2, c3, k0, k1, n, w0, w1, w2, w3);
-#endif
-  philox_lanes_generic(lo, hi, c2, c3, k0, k1, n, w0, w1, w2, w3);
-}
+// ---- Philox in bulk (rpu::philox_lanes, rng.h) ----------------------------------------------
 
 struct StreamKey {
+  uint64_t seed, call;
+  uint32_t tag, sub;
   uint32_t c2, c3, k0, k1;
-  StreamKey(uint64_t seed, uint32_t tag, uint32_t sub, uint64_t call)
-      : c2((uint32_t)call),
-        c3((tag << 24) | ((sub & 0xFFu) << 16) | (uint32_t)((call >> 32) & 0xFFFFu)),
-        k0((uint32_t)seed),
-        k1((uint32_t)(seed >> 32)) {}
+  StreamKey(uint64_t seed_, uint32_t tag_, uint32_t sub_, uint64_t call_)
+      : seed(seed_), call(call_), tag(tag_), sub(sub_), c2((uint32_t)call_),
+        c3((tag_ << 24) | ((sub_ & 0xFFu) << 16) | (uint32_t)((call_ >> 32) & 0xFFFFu)),
+        k0((uint32_t)seed_),
+        k1((uint32_t)(seed_ >> 32)) {}
 };
 
 // Runs fn(lo, hi, n, done) over batches of at most kLanes blocks of block0 .. block0+nblocks-1
@@ -231,15 +137,15 @@ void for_block_batches(int64_t nblocks, uint64_t block0, F fn) {
 // The 4 words of the blocks block0 .. block0+nblocks-1 of a stream, in order (word 4b+k is word k
 // of block b: the same values as rng_block()).
 void philox_words(uint32_t *out, int64_t nblocks, const StreamKey &s, uint64_t block0) {
-  alignas(32) uint32_t w0[kLanes], w1[kLanes], w2[kLanes], w3[kLanes];
+  alignas(64) uint32_t w[4][kLanes];
   for_block_batches(nblocks, block0, [&](uint32_t lo, uint32_t hi, int n, int64_t done) {
-    philox_lanes(lo, hi, s.c2, s.c3, s.k0, s.k1, n, w0, w1, w2, w3);
+    philox_lanes(lo, n, hi, s.c2, s.c3, s.k0, s.k1, w);
     uint32_t *o = out + 4 * done;
     for (int l = 0; l < n; ++l) {
-      o[4 * l + 0] = w0[l];
-      o[4 * l + 1] = w1[l];
-      o[4 * l + 2] = w2[l];
-      o[4 * l + 3] = w3[l];
+      o[4 * l + 0] = w[0][l];
+      o[4 * l + 1] = w[1][l];
+      o[4 * l + 2] = w[2][l];
+      o[4 * l + 3] = w[3][l];
     }
   });
 }
@@ -253,37 +159,9 @@ void uniform_range(float *out, int64_t L, const StreamKey &s, uint64_t index0, s
   for (int64_t t = 0; t < L; ++t) out[t] = u01(scratch[off + (uint64_t)t]);
 }
 
-RPU_MULTIVERSION
-void box_muller(const uint32_t *w0, const uint32_t *w1, const uint32_t *w2, const uint32_t *w3, int n, float *out) {
-#pragma omp simd
-  for (int l = 0; l < n; ++l) {
-    const float r0 = sqrtf(-2.0f * rpu_log(u01(w0[l])));
-    const float r1 = sqrtf(-2.0f * rpu_log(u01(w2[l])));
-    float cs0, sn0, cs1, sn1;
-    rpu_sincos_2pi(u01(w1[l]), cs0, sn0);
-    rpu_sincos_2pi(u01(w3[l]), cs1, sn1);
-    out[4 * l + 0] = r0 * cs0;
-    out[4 * l + 1] = r0 * sn0;
-    out[4 * l + 2] = r1 * cs1;
-    out[4 * l + 3] = r1 * sn1;
-  }
-}
-
-// Standard normals number base .. base+L-1 of a stream (base % 4 == 0): the same values as
-// normal_at() and fill_normal_bulk().
-void normals(float *out, int64_t L, const StreamKey &s, uint64_t base) {
-  alignas(32) uint32_t w0[kLanes], w1[kLanes], w2[kLanes], w3[kLanes];
-  alignas(32) float tmp[4 * kLanes];
-  for_block_batches((L + 3) / 4, base >> 2, [&](uint32_t lo, uint32_t hi, int n, int64_t done) {
-    philox_lanes(lo, hi, s.c2, s.c3, s.k0, s.k1, n, w0, w1, w2, w3);
-    const int64_t take = std::min<int64_t>(4 * (int64_t)n, L - 4 * done);
-    if (take == 4 * (int64_t)n) {
-      box_muller(w0, w1, w2, w3, n, out + 4 * done);
-    } else {
-      box_muller(w0, w1, w2, w3, n, tmp);
-      std::memcpy(out + 4 * done, tmp, sizeof(float) * take);
-    }
-  });
+// Standard normals number base .. base+L-1 of a stream (base % 4 == 0): normal_at()'s values.
+inline void normals(float *out, int64_t L, const StreamKey &s, uint64_t base) {
+  fill_normal_bulk(out, L, s.seed, s.tag, s.sub, s.call, base);
 }
 
 // ---- pulse trains ---------------------------------------------------------------------------

@@ -125,14 +125,6 @@ int detect_level() {
 }
 const int g_level = detect_level();
 
-inline void philox_lanes(uint32_t lo, int n, uint32_t hi, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
-                         uint32_t (*w)[kLanes]) {
-#ifdef RPU_RNG_X86
-  if (g_level == 2) return philox_lanes_avx512(lo, n, hi, c2, c3, k0, k1, w);
-  if (g_level == 1) return philox_lanes_avx2(lo, n, hi, c2, c3, k0, k1, w);
-#endif
-  philox_lanes_generic(lo, n, hi, c2, c3, k0, k1, w);
-}
 
 // Box-Muller of blocks 0 .. n-1 into out[4 l + t] (the operations of normal4()).
 inline __attribute__((always_inline)) void box_muller_body(const uint32_t (*w)[kLanes], int n, float *__restrict out) {
@@ -215,6 +207,15 @@ void fill_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32_t sub,
 }
 
 }  // namespace
+
+void philox_lanes(uint32_t lo, int n, uint32_t hi, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
+                         uint32_t (*w)[64]) {
+#ifdef RPU_RNG_X86
+  if (g_level == 2) return philox_lanes_avx512(lo, n, hi, c2, c3, k0, k1, w);
+  if (g_level == 1) return philox_lanes_avx2(lo, n, hi, c2, c3, k0, k1, w);
+#endif
+  philox_lanes_generic(lo, n, hi, c2, c3, k0, k1, w);
+}
 
 int simd_level() { return g_level; }
 

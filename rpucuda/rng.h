@@ -148,6 +148,12 @@ RPU_HD float uniform_at(uint64_t seed, uint32_t tag, uint32_t sub, uint64_t call
 }
 
 #if !defined(__CUDACC__)
+// Philox words of the blocks with counters (lo + l, hi, c2, c3), l = 0 .. n-1, n <= 64, with no
+// carry out of lo: word k of block l in w[k][l] (entries up to round_up(n, 16) - 1 may be
+// written).  AVX-512 / AVX2 / portable code chosen at run time; always the values of
+// philox4x32_10().
+void philox_lanes(uint32_t lo, int n, uint32_t hi, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
+                  uint32_t (*w)[64]);
 // Bulk generation: the standard normals number base .. base+L-1 of a stream (base % 4 == 0),
 // written to out.  Same values as normal_at(); the lanes are laid out so that the compiler
 // vectorizes Philox and Box-Muller.

@@ -97,3 +97,14 @@ def restore_threads():
     n = rpu_base.get_num_threads()
     yield n
     rpu_base.set_num_threads(n)
+
+
+def ort_library():
+    """Path of the onnxruntime op library (``aihw_deploy.runtime.library_path``), or None when
+    it is not built/installed (the ORT tests then skip)."""
+    from aihw_deploy import runtime
+
+    try:
+        return runtime.library_path()
+    except FileNotFoundError:
+        return None

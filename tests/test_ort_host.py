@@ -6,7 +6,6 @@ import glob
 import os
 import shutil
 import subprocess
-import sysconfig
 
 import numpy as np
 import pytest
@@ -17,30 +16,12 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST_SRC = os.path.join(ROOT, "tools", "ort_host", "main.cpp")
+from conftest import ort_library  # noqa: E402
+
 DOMAIN = "ai.aihw"
 
 
-def _find_library():
-    env = os.environ.get("AIHW_ORT_OPS_LIBRARY")  # e.g. a sanitizer build
-    if env:
-        return env if os.path.exists(env) else None
-    try:
-        from aihw_deploy import runtime
-
-        p = runtime.library_path()
-        if p and os.path.exists(p):
-            return str(p)
-    except Exception:
-        pass
-    import aihw_deploy
-
-    cands = [os.path.join(os.path.dirname(aihw_deploy.__file__), "lib", "libaihw_ort_ops.so")]
-    for key in ("platlib", "purelib"):
-        cands += glob.glob(os.path.join(sysconfig.get_paths()[key], "aihw_deploy", "lib", "libaihw_ort_ops*.so"))
-    return next((c for c in cands if os.path.exists(c)), None)
-
-
-LIB = _find_library()
+LIB = ort_library()
 pytestmark = pytest.mark.skipif(LIB is None, reason="libaihw_ort_ops.so is not installed")
 
 

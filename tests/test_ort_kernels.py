@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 
 import numpy as np
@@ -33,6 +32,8 @@ from aihw_deploy.simulator.parameters import (  # noqa: E402
     WeightNoiseType,
 )
 
+from conftest import ort_library  # noqa: E402
+
 DOMAIN = "ai.aihw"
 OPSET = 17
 READOUT_XOR = 0x5DEECE66D
@@ -43,30 +44,7 @@ inf = rpu_base.inference
 # --------------------------------------------------------------------------- helpers
 
 
-def _find_library():
-    env = os.environ.get("AIHW_ORT_OPS_LIBRARY")  # e.g. a sanitizer build
-    if env:
-        return env if os.path.exists(env) else None
-    try:
-        from aihw_deploy import runtime  # the exporter's helper, when it exists
-
-        p = runtime.library_path()
-        if p and os.path.exists(p):
-            return str(p)
-    except Exception:
-        pass
-    import aihw_deploy
-
-    cands = [os.path.join(os.path.dirname(aihw_deploy.__file__), "lib", "libaihw_ort_ops.so")]
-    for key in ("platlib", "purelib"):
-        cands += glob.glob(os.path.join(sysconfig.get_paths()[key], "aihw_deploy", "lib", "libaihw_ort_ops*.so"))
-    for c in cands:
-        if os.path.exists(c):
-            return c
-    return None
-
-
-LIB = _find_library()
+LIB = ort_library()
 pytestmark = pytest.mark.skipif(LIB is None, reason="libaihw_ort_ops.so is not installed (AIHW_BUILD_ORT_OPS=OFF?)")
 
 
@@ -393,7 +371,6 @@ def conv_reference(X, Wt, B, stride, pad, dil, group, io, mp, seeds, call):
 
     from aihw_deploy.nn.modules.conv import im2col
 
-    d = Wt.ndim - 2
     M, cg = Wt.shape[:2]
     mg = M // group
     x = torch.from_numpy(X)

@@ -29,7 +29,6 @@ import time
 import numpy as np
 
 try:
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 except ImportError as exc:  # pragma: no cover

@@ -6,7 +6,6 @@ The same ``.so`` serves C++ hosts (``Ort::SessionOptions::RegisterCustomOpsLibra
 Triton's onnxruntime backend (``model_operations { op_library_filename: "<library_path()>" }``).
 """
 
-import glob
 import os
 import sysconfig
 from pathlib import Path

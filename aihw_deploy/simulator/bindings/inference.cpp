@@ -117,4 +117,41 @@ void bind_inference(py::module_ &m) {
           return ref;
         }, py::arg("weights"), py::arg("io"), py::arg("mapping"), py::arg("type"), py::arg("seed"), py::arg("call"),
         "SPEC §4.3 reference read-out: max(mean|y|, 1e-4) for one-hot inputs (1 or M values).");
+  m.attr("CHIP_READOUT_SEED_XOR") = (uint64_t)kChipReadoutSeedXor;
+  m.def("chip_reference", [](const ProgrammedWeights &pw, const PCMNoiseParameters &p, uint64_t program_seed,
+                             const IOParameters &io, const MappingParameter &map, DriftCompensationType type,
+                             uint64_t tile_seed) {
+          py::array_t<float> ref(type == DriftCompensationType::PerColumn ? pw.M : 1);
+          float *r = ref.mutable_data();
+          r[0] = 1.0f;  // (None: no read-out; a neutral reference)
+          {
+            py::gil_scoped_release nogil;
+            chip_reference(pw, p, program_seed, io, map, type, tile_seed, r);
+          }
+          return ref;
+        }, py::arg("programmed"), py::arg("noise_model"), py::arg("program_seed"), py::arg("io"), py::arg("mapping"),
+        py::arg("type"), py::arg("tile_seed"),
+        "Drift-compensation reference of a freshly programmed chip (the convention shared with the "
+        "onnxruntime kernel: read-out of the chip at t = 0, read-noise sample 0).");
+  m.def("chip_at", [](const ProgrammedWeights &pw, const PCMNoiseParameters &p, double t, uint64_t program_seed,
+                      const IOParameters &io, const MappingParameter &map, DriftCompensationType type,
+                      uint64_t tile_seed, py::object ref) {
+          if (!std::isfinite(t) || t < 0) throw py::value_error("t_inference: must be a finite number of seconds >= 0, got " + std::to_string(t));
+          const size_t n = type == DriftCompensationType::PerColumn ? (size_t)pw.M : 1;
+          FloatBuf rb = as_float_buffer(ref, "ref", false);
+          if (type != DriftCompensationType::None && (size_t)rb.numel() != n)
+            throw py::value_error("ref: expected " + std::to_string(n) + " values, got " + std::to_string(rb.numel()));
+          py::array_t<float> w({(py::ssize_t)pw.M, (py::ssize_t)pw.K});
+          py::array_t<float> alpha((py::ssize_t)n);
+          float *wp = w.mutable_data(), *ap = alpha.mutable_data();
+          ap[0] = 1.0f;  // (None: alpha stays 1)
+          {
+            py::gil_scoped_release nogil;
+            chip_at(pw, p, t, program_seed, io, map, type, tile_seed, rb.ptr, wp, ap);
+          }
+          return py::make_tuple(w, alpha);
+        }, py::arg("programmed"), py::arg("noise_model"), py::arg("t_inference"), py::arg("program_seed"),
+        py::arg("io"), py::arg("mapping"), py::arg("type"), py::arg("tile_seed"), py::arg("ref"),
+        "(weights [M, K], alpha) of the chip t_inference seconds after programming (read-noise sample 1; "
+        "alpha = ref / read-out, 1 without compensation): the onnxruntime kernel's convention.");
 }

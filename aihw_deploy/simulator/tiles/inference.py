@@ -124,15 +124,13 @@ class InferenceTile(TileBase):
         self.program_seed = int(self.seed if seed is None else seed)
         self.programmed = rpu_base.inference.pcm_program(self.weight.detach().contiguous(), self._noise,
                                                          self.program_seed)
-        # Compensation reference: read-out of the chip at t = 0 with read-noise sample 0.
-        w0 = torch.from_numpy(rpu_base.inference.pcm_weights_at(self.programmed, self._noise, 0.0,
-                                                                 self.program_seed, 0))
-        self.reference = self._readout(w0)
-        # The chip as read at t = 0 (read-noise sample 1, like every drift(t)); the ONNX
-        # kernel uses the same convention, so both hosts see the same chip.
+        # Compensation reference and chip weights follow rpucuda's chip conventions
+        # (chip_reference / chip_at), which the onnxruntime kernel uses too.
+        self.reference = torch.from_numpy(rpu_base.inference.chip_reference(
+            self.programmed, self._noise, self.program_seed, self._fwd, self._map, self._comp, self.seed))
         self.drift(0.0)
 
-    def drift(self, t_inference: float, call: int = 1) -> None:
+    def drift(self, t_inference: float) -> None:
         """Sets the chip weights to their state ``t_inference`` seconds after programming
         (drift and a fresh read-noise sample) and updates ``alpha``."""
         t = float(t_inference)
@@ -140,21 +138,11 @@ class InferenceTile(TileBase):
             raise ValueError(f"drift_analog_weights: t_inference must be a finite number of seconds >= 0, got {t_inference!r}")
         if self.programmed is None:
             self.program()
-        w = torch.from_numpy(rpu_base.inference.pcm_weights_at(self.programmed, self._noise, t,
-                                                                self.program_seed, int(call)))
-        self.chip_weights = w
+        w, alpha = rpu_base.inference.chip_at(self.programmed, self._noise, t, self.program_seed, self._fwd,
+                                              self._map, self._comp, self.seed, self.reference)
+        self.chip_weights = torch.from_numpy(w)
         self.t_inference = t
-        if self._comp != rpu_base.inference.DriftCompensationType.NONE:
-            now = self._readout(w)
-            self.alpha = self.reference / now
-        else:
-            self.alpha = torch.ones(1)
-
-    def _readout(self, w: Tensor) -> Tensor:
-        if self._comp == rpu_base.inference.DriftCompensationType.NONE:
-            return torch.ones(1)
-        return torch.from_numpy(rpu_base.inference.drift_readout(
-            w.contiguous(), self._fwd, self._map, self._comp, self.seed ^ 0x5DEECE66D, 0))
+        self.alpha = torch.from_numpy(alpha)
 
     # -- state -------------------------------------------------------------------------------
     def get_state(self) -> Dict[str, Any]:
