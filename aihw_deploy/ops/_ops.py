@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..simulator import cuda as _cuda
 from ..simulator import rpu_base
 from ._encoding import IO_FIELDS, io_bindings, mapping_bindings
 
@@ -40,8 +41,12 @@ def _check_common(op: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], io
             continue
         if t.dtype != torch.float32:
             raise TypeError(f"{op}: {name} must be float32, got {t.dtype}")
-        if t.device.type != "cpu":
-            raise ValueError(f"{op}: {name} is on {t.device}; rpucuda runs on the CPU in this build")
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+    if x.device.type == "cuda":
+        _cuda.require(op)
+    elif x.device.type != "cpu":
+        raise ValueError(f"{op}: unsupported device {x.device} (rpucuda runs on the CPU and, in CUDA builds, CUDA)")
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be 2-D [M, K], got shape {tuple(weight.shape)}")
     if len(io) != len(IO_FIELDS):
@@ -51,6 +56,11 @@ def _check_common(op: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], io
 
 
 def _mvm(x2d: Tensor, weight: Tensor, alpha: Optional[Tensor], io, mapping, seed: int, call: int) -> Tensor:
+    if x2d.is_cuda:
+        if x2d.shape[0] == 0:
+            return torch.empty(0, weight.shape[0], device=x2d.device)
+        a = None if alpha is None else alpha.to(x2d.device).contiguous()
+        return _cuda.io_mvm(weight, x2d, io, mapping, alpha=a, seed=int(seed), call=int(call))
     out = torch.empty(x2d.shape[0], weight.shape[0])
     if x2d.shape[0] == 0:
         return out
@@ -155,7 +165,7 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Option
         xg = x[:, g * cg:(g + 1) * cg] if groups > 1 else x
         col, size = im2col(xg, k, st, p, dl)
         if analog_bias:
-            col = torch.cat([col, torch.ones(col.shape[0], 1, dtype=col.dtype)], 1)
+            col = torch.cat([col, torch.ones(col.shape[0], 1, dtype=col.dtype, device=col.device)], 1)
         wg = weight[g * mg:(g + 1) * mg].contiguous()
         outs.append(_mvm(col.contiguous(), wg, None if alpha is None else alpha[g], io_b, map_b, seeds[g], calls[g]))
     y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)

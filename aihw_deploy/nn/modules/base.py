@@ -66,7 +66,7 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
         """x2d [N, in_size] -> [N, out_size] through tile g (autograd-aware)."""
         tile = self._tiles[g]
         if tile.analog_bias:
-            x2d = torch.cat([x2d, torch.ones(x2d.shape[0], 1, dtype=x2d.dtype)], 1)
+            x2d = torch.cat([x2d, torch.ones(x2d.shape[0], 1, dtype=x2d.dtype, device=x2d.device)], 1)
         return AnalogFunction.apply(x2d.contiguous(), tile.weight, tile)
 
     # -- eval / tracing route through torch.ops.aihw ----------------------------------------------
@@ -110,10 +110,29 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
             raise TypeError(f"{self._layer_name()}: input must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype != torch.float32:
             raise TypeError(f"{self._layer_name()}: input must be float32, got {x.dtype}")
-        if x.device.type != "cpu":
-            raise ValueError(f"{self._layer_name()}: input is on {x.device}, but the layer is on the CPU")
+        dev = self._tiles[0].device
+        if x.device != dev:
+            raise ValueError(f"{self._layer_name()}: input is on {x.device}, but the layer is on {dev} "
+                             f"(move one of them: layer.to(x.device) or x.to({str(dev)!r}))")
         if not is_tracing() and x.numel() and not torch.isfinite(x).all():
             raise ValueError(f"{self._layer_name()}: input contains NaN or Inf")
+
+    # -- devices -------------------------------------------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        """Device/dtype moves (``.cuda()``, ``.to()``, ``.cpu()``): the tiles follow their weight
+        parameters.  Tiles compute in float32 on the CPU or, in CUDA builds, on a GPU."""
+        probe = fn(torch.empty(0, device=self._tiles[0].weight.device))
+        if probe.dtype != torch.float32:
+            raise TypeError(f"{self._layer_name()}: analog tiles compute in float32; cannot convert to {probe.dtype}")
+        target = self._tiles[0].check_device(probe.device)  # CudaError before anything moves
+        super()._apply(fn, *args, **kwargs)
+        params = [self.weight] if len(self._tiles) == 1 else list(self.group_weights)
+        for t, p in zip(self._tiles, params):
+            if t.weight is not p:  # a conversion that replaced the parameter object
+                t.weight = p
+                t._register()
+            t._moved(target)
+        return self
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -60,7 +60,7 @@ class AnalogLinear(AnalogLayerBase):
             return F.linear(x, *self._digital_weight_bias())
         a = self._op_arguments(is_tracing())[0]
         if self._tiles[0].analog_bias:
-            x = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], -1)
+            x = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)], -1)
         scaling = a["out_scaling"]
         y = torch.ops.aihw.analog_mvm(x, a["weight"], self.bias if scaling is None else None, a["alpha"], a["io"],
                                       a["mapping"], a["seed"], a["call"])

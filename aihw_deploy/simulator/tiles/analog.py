@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from .. import rpu_base
+from .. import cuda, rpu_base
 from .base import TileBase
 
 
@@ -24,19 +24,47 @@ class AnalogTile(TileBase):
             rpu_config.backward.as_bindings(), rpu_config.update.as_bindings(),
             rpu_config.mapping.as_bindings(), self.seed)
         self._pending: List[Tuple[Tensor, Tensor]] = []
+        self._cells = None  # device arrays [out, cols, 6] on the GPU when the tile is there
         self._weights_changed()
 
     def _weights_changed(self) -> None:
         # The devices clip to their bounds: mirror what the chip really holds.
-        self._native.set_weights(self.weight.detach())
+        self._native.set_weights(self.weight.detach().cpu())
         self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
 
+    def _moved(self, device: torch.device) -> None:
+        was_cuda = self.on_cuda
+        super()._moved(device)
+        if device.type == "cuda":
+            # The weight parameter is the device-side weight matrix; the device-to-device
+            # parameters go along (they never change after construction).
+            self._cells = torch.from_numpy(self._native.get_device_arrays()).to(device)
+        else:
+            if was_cuda:
+                self._native.set_raw_weights(self.weight.detach().cpu().contiguous())
+            self._cells = None
+        self._pending = [(x.to(device), d.to(device)) for x, d in self._pending]
+
+    def _next_call(self) -> int:
+        # One generator position for CPU and CUDA: the native tile's.
+        call = int(self._native.call_index)
+        self._native.set_generator(self.seed, call + 1)
+        return call
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.on_cuda:
+            n = self._native
+            return cuda.io_mvm(self.weight.detach(), x, n.forward_io, n.mapping, bound_management=True,
+                               seed=self.seed, call=self._next_call())
         out = torch.empty(x.shape[0], self.out_size)
         self._native.forward(x, out)
         return out
 
     def backward(self, d: Tensor) -> Tensor:
+        if self.on_cuda:
+            n = self._native
+            return cuda.io_mvm(self.weight.detach(), d, n.backward_io, n.mapping, bound_management=False,
+                               seed=self.seed, call=self._next_call(), transposed=True)
         out = torch.empty(d.shape[0], self.weight.shape[1])
         self._native.backward(d, out)
         return out
@@ -55,6 +83,11 @@ class AnalogTile(TileBase):
             x = torch.cat([p[0] for p in self._pending])
             d = torch.cat([p[1] for p in self._pending])
         self._pending.clear()
+        if self.on_cuda:
+            n = self._native
+            cuda.pulsed_update(self.weight.data, x.contiguous(), d.contiguous(), float(lr), n.update_parameters,
+                               n.device, self._cells, self.seed, self._next_call())
+            return
         self._native.learning_rate = float(lr)
         self._native.update(x.contiguous(), d.contiguous())
         self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
@@ -67,7 +100,10 @@ class AnalogTile(TileBase):
         state = super().get_state()
         state["call"] = int(self._native.call_index)
         state["device_arrays"] = torch.from_numpy(self._native.get_device_arrays())
-        state["weights"] = torch.from_numpy(self._native.get_weights())
+        if self.on_cuda:
+            state["weights"] = self.weight.detach().cpu().clone()
+        else:
+            state["weights"] = torch.from_numpy(self._native.get_weights())
         return state
 
     def set_state(self, state: Dict[str, Any]) -> None:
@@ -77,11 +113,14 @@ class AnalogTile(TileBase):
         self._native.set_raw_weights(torch.as_tensor(state["weights"], dtype=torch.float32).contiguous())
         self._native.set_generator(self.seed, self.call)
         self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
+        if self.on_cuda:
+            self._cells = torch.from_numpy(self._native.get_device_arrays()).to(self.device)
 
     def __getstate__(self) -> Dict[str, Any]:
         d = self.__dict__.copy()
         d.pop("_native")
         d["_pending"] = []
+        d["_cells"] = None
         d["_native_state"] = self.get_state()
         return d
 

@@ -6,11 +6,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import rpu_base
-
-
-class CudaError(RuntimeError):
-    """Raised when CUDA is requested but rpucuda was built without CUDA kernels."""
+from .. import cuda as _cuda
+from ..cuda import CudaError  # noqa: F401  (re-exported)
 
 
 # id(weight parameter) -> weak reference to its tile (checked for identity on lookup).
@@ -61,8 +58,8 @@ class TileBase:
 
     # -- weights -----------------------------------------------------------------------------
     def get_weights(self) -> Tuple[Tensor, Optional[Tensor]]:
-        """Returns ``(weight [out, in], bias [out] or None)`` (copies, CPU)."""
-        w = self.weight.detach().clone()
+        """Returns ``(weight [out, in], bias [out] or None)`` (copies, on the CPU)."""
+        w = self.weight.detach().cpu().clone()
         if self.analog_bias:
             return w[:, :-1].contiguous(), w[:, -1].contiguous()
         return w, None
@@ -80,7 +77,7 @@ class TileBase:
                 b = torch.zeros(self.out_size) if bias is None else torch.as_tensor(bias, dtype=torch.float32).reshape(-1)
                 if b.numel() != self.out_size:
                     raise ValueError(f"set_weights: bias must have {self.out_size} values, got {b.numel()}")
-                self.weight.data.copy_(torch.cat([weight, b[:, None]], 1))
+                self.weight.data.copy_(torch.cat([weight.cpu(), b.cpu()[:, None]], 1))
             else:
                 self.weight.data.copy_(weight)
         self._weights_changed()
@@ -110,13 +107,35 @@ class TileBase:
 
     # -- devices -----------------------------------------------------------------------------
     def to(self, device: Any) -> "TileBase":
+        """Moves the tile (weights and every other tensor it holds) to ``device`` ("cpu" or a
+        CUDA device).  CUDA needs a CUDA build of rpucuda and a GPU, else :class:`CudaError`."""
+        device = self.check_device(device)
+        if self.weight.device != device:
+            with torch.no_grad():
+                self.weight.data = self.weight.data.to(device)
+                if self.weight.grad is not None:
+                    self.weight.grad = self.weight.grad.to(device)
+        self._moved(device)
+        return self
+
+    def check_device(self, device: Any) -> torch.device:
+        """The canonical ``torch.device`` for ``device``, or a clear error if tiles cannot go there."""
         device = torch.device(device)
         if device.type == "cuda":
-            if not rpu_base.cuda.is_compiled():
-                raise CudaError("aihw-deploy was built without CUDA support (rpu_base.cuda.is_compiled() is False)")
+            _cuda.require(f"{type(self).__name__}.to({device})")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
         elif device.type != "cpu":
-            raise ValueError(f"{type(self).__name__}.to: unsupported device {device}")
-        return self
+            raise ValueError(f"{type(self).__name__}.to: unsupported device {device} (use 'cpu' or 'cuda')")
+        return device
+
+    def _moved(self, device: torch.device) -> None:
+        """Hook: the weight parameter is now on ``device``; move everything else there."""
+        self.device = device
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
 
     def cuda(self, device: Any = None) -> "TileBase":
         return self.to("cuda" if device is None else device)

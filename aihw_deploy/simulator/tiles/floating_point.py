@@ -3,7 +3,7 @@
 from torch import Tensor
 import torch
 
-from .. import rpu_base
+from .. import cuda, rpu_base
 from ..parameters import IOParameters
 from .base import TileBase
 
@@ -33,11 +33,16 @@ class FloatingPointTile(TileBase):
         self._register()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.on_cuda:
+            return cuda.io_mvm(self.weight.detach(), x, self._io, self._mapping)
         out = torch.empty(x.shape[0], self.out_size)
         rpu_base.tiles.io_mvm(self.weight.detach(), x, out, io=self._io, mapping=self._mapping)
         return out
 
     def backward(self, d: Tensor) -> Tensor:
+        if self.on_cuda:
+            return cuda.io_mvm(self.weight.detach(), d, self._io, self._mapping, bound_management=False,
+                               transposed=True)
         out = torch.empty(d.shape[0], self.weight.shape[1])
         rpu_base.tiles.io_mvm(self.weight.detach(), d, out, io=self._io, mapping=self._mapping,
                               bound_management=False, transposed=True)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ...ops import encode_io, encode_mapping
-from .. import rpu_base
+from .. import cuda, rpu_base
 from .base import TileBase
 from .modifiers import clip_weights_, modify_weights, remap_weights_
 
@@ -62,10 +62,14 @@ class InferenceTile(TileBase):
         return self.weight.detach()
 
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.empty(x.shape[0], self.out_size)
         alpha = self.alpha if (not self.training and self.chip_weights is not None) else None
-        rpu_base.tiles.io_mvm(self._forward_weights(), x, out, io=self._fwd, mapping=self._map,
-                              alpha=alpha, seed=self.seed, call=self.next_call())
+        if self.on_cuda:
+            out = cuda.io_mvm(self._forward_weights(), x, self._fwd, self._map, alpha=alpha, seed=self.seed,
+                              call=self.next_call())
+        else:
+            out = torch.empty(x.shape[0], self.out_size)
+            rpu_base.tiles.io_mvm(self._forward_weights(), x, out, io=self._fwd, mapping=self._map,
+                                  alpha=alpha, seed=self.seed, call=self.next_call())
         if self.rpu_config.remap.type.name != "NONE":
             out.mul_(self.out_scaling)
         return out
@@ -83,6 +87,9 @@ class InferenceTile(TileBase):
     def backward(self, d: Tensor) -> Tensor:
         if self.rpu_config.remap.type.name != "NONE":
             d = (d * self.out_scaling).contiguous()
+        if self.on_cuda:
+            return cuda.io_mvm(self.weight.detach(), d, self._bwd, self._map, bound_management=False, seed=self.seed,
+                               call=self.next_call(), transposed=True)
         out = torch.empty(d.shape[0], self.weight.shape[1])
         rpu_base.tiles.io_mvm(self.weight.detach(), d, out, io=self._bwd, mapping=self._map,
                               bound_management=False, seed=self.seed, call=self.next_call(),
@@ -101,14 +108,14 @@ class InferenceTile(TileBase):
         computes with: the tile weights times the digital output scale of remapping."""
         w, b = super().get_weights()
         if self.rpu_config.remap.type.name != "NONE":
-            s = self.out_scaling
+            s = self.out_scaling.cpu()
             w = w * s[:, None]
             b = None if b is None else b * s
         return w, b
 
     def _weights_changed(self) -> None:
         # Weights written from outside are the effective weights: no digital scale on top.
-        self.out_scaling = torch.ones(self.out_size)
+        self.out_scaling = torch.ones(self.out_size, device=self.weight.device)
 
     def post_update_step(self) -> None:
         with torch.no_grad():
@@ -122,12 +129,17 @@ class InferenceTile(TileBase):
         if self._noise is None:
             raise RuntimeError("program_analog_weights: rpu_config.noise_model is None")
         self.program_seed = int(self.seed if seed is None else seed)
-        self.programmed = rpu_base.inference.pcm_program(self.weight.detach().contiguous(), self._noise,
-                                                         self.program_seed)
         # Compensation reference and chip weights follow rpucuda's chip conventions
         # (chip_reference / chip_at), which the onnxruntime kernel uses too.
-        self.reference = torch.from_numpy(rpu_base.inference.chip_reference(
-            self.programmed, self._noise, self.program_seed, self._fwd, self._map, self._comp, self.seed))
+        if self.on_cuda:
+            self.programmed = cuda.pcm_program(self.weight.detach().contiguous(), self._noise, self.program_seed)
+            self.reference = cuda.chip_reference(self.programmed, self._noise, self.program_seed, self._fwd,
+                                                 self._map, self._comp, self.seed)
+        else:
+            self.programmed = rpu_base.inference.pcm_program(self.weight.detach().contiguous(), self._noise,
+                                                             self.program_seed)
+            self.reference = torch.from_numpy(rpu_base.inference.chip_reference(
+                self.programmed, self._noise, self.program_seed, self._fwd, self._map, self._comp, self.seed))
         self.drift(0.0)
 
     def drift(self, t_inference: float) -> None:
@@ -138,39 +150,51 @@ class InferenceTile(TileBase):
             raise ValueError(f"drift_analog_weights: t_inference must be a finite number of seconds >= 0, got {t_inference!r}")
         if self.programmed is None:
             self.program()
-        w, alpha = rpu_base.inference.chip_at(self.programmed, self._noise, t, self.program_seed, self._fwd,
-                                              self._map, self._comp, self.seed, self.reference)
-        self.chip_weights = torch.from_numpy(w)
+        if self.on_cuda:
+            self.chip_weights, self.alpha = cuda.chip_at(self.programmed, self._noise, t, self.program_seed, self._fwd,
+                                                         self._map, self._comp, self.seed, self.reference)
+        else:
+            w, alpha = rpu_base.inference.chip_at(self.programmed, self._noise, t, self.program_seed, self._fwd,
+                                                  self._map, self._comp, self.seed, self.reference)
+            self.chip_weights = torch.from_numpy(w)
+            self.alpha = torch.from_numpy(alpha)
         self.t_inference = t
-        self.alpha = torch.from_numpy(alpha)
 
     # -- state -------------------------------------------------------------------------------
     def get_state(self) -> Dict[str, Any]:
         state = super().get_state()
-        state["out_scaling"] = self.out_scaling.clone()
+        state["out_scaling"] = self.out_scaling.cpu().clone()
         state["training"] = bool(self.training)
         if self.programmed is not None:
-            pw = self.programmed.get_state()
-            state["programmed"] = {k: (torch.from_numpy(v) if hasattr(v, "shape") else float(v)) for k, v in pw.items()}
+            state["programmed"] = _programmed_state(self.programmed)
             state["program_seed"] = int(self.program_seed)
             state["t_inference"] = float(self.t_inference)
-            state["reference"] = self.reference.clone()
+            state["reference"] = self.reference.cpu().clone()
         return state
 
     def set_state(self, state: Dict[str, Any]) -> None:
         super().set_state(state)
-        self.out_scaling = torch.as_tensor(state["out_scaling"], dtype=torch.float32).clone()
+        self.out_scaling = torch.as_tensor(state["out_scaling"], dtype=torch.float32).to(self.device).clone()
         self.training = bool(state.get("training", True))
         self.programmed = None
         self.chip_weights = None
         self.alpha = None
         if "programmed" in state:
-            pw = rpu_base.inference.ProgrammedWeights()
-            pw.set_state({k: (v.numpy() if isinstance(v, Tensor) else v) for k, v in state["programmed"].items()})
-            self.programmed = pw
+            self.programmed = _programmed_from_state(state["programmed"], self.device)
             self.program_seed = int(state["program_seed"])
-            self.reference = torch.as_tensor(state["reference"], dtype=torch.float32)
+            self.reference = torch.as_tensor(state["reference"], dtype=torch.float32).to(self.device)
             self.drift(float(state["t_inference"]))
+
+    def _moved(self, device: torch.device) -> None:
+        super()._moved(device)
+        self.out_scaling = self.out_scaling.to(device)
+        if self.programmed is not None:
+            # The same chip on the new device (its conductances and drift exponents move as
+            # they are); the chip weights and alpha move too, so outputs stay the same chip's.
+            self.programmed = _programmed_from_state(_programmed_state(self.programmed), device)
+            self.reference = self.reference.to(device)
+            self.chip_weights = self.chip_weights.to(device)
+            self.alpha = self.alpha.to(device)
 
     def __getstate__(self) -> Dict[str, Any]:
         d = self.__dict__.copy()
@@ -185,3 +209,17 @@ class InferenceTile(TileBase):
         self._compile()
         self.set_state(state)
         self._register()
+
+
+def _programmed_state(pw: Any) -> Dict[str, Any]:
+    """Plain state (CPU tensors, scale) of a CPU or CUDA programmed chip."""
+    return {k: (torch.as_tensor(v).cpu().clone() if hasattr(v, "shape") else float(v)) for k, v in pw.get_state().items()}
+
+
+def _programmed_from_state(state: Dict[str, Any], device: torch.device) -> Any:
+    if device.type == "cuda":
+        return cuda.CudaProgrammedWeights.from_state(state, device)
+    pw = rpu_base.inference.ProgrammedWeights()
+    pw.set_state({k: (torch.as_tensor(v, dtype=torch.float32).cpu().contiguous().numpy() if hasattr(v, "shape") else v)
+                  for k, v in state.items()})
+    return pw
