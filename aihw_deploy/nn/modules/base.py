@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ...ops import encode_io, encode_mapping, is_tracing
 from ...simulator.configs import FloatingPointRPUConfig, config_from_dict, config_to_dict
-from ...simulator.tiles import FloatingPointTile, InferenceTile, TileBase, tile_class_for
+from ...simulator.tiles import CudaError, FloatingPointTile, InferenceTile, TileBase, tile_class_for
 from ..functions import AnalogFunction
 
 
@@ -121,7 +121,12 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
     def _apply(self, fn, *args, **kwargs):
         """Device/dtype moves (``.cuda()``, ``.to()``, ``.cpu()``): the tiles follow their weight
         parameters.  Tiles compute in float32 on the CPU or, in CUDA builds, on a GPU."""
-        probe = fn(torch.empty(0, device=self._tiles[0].weight.device))
+        try:
+            probe = fn(torch.empty(0, device=self._tiles[0].weight.device))
+        except (AssertionError, RuntimeError) as e:  # e.g. "Torch not compiled with CUDA enabled"
+            if "cuda" in str(e).lower():
+                raise CudaError(f"{self._layer_name()}: cannot move to CUDA: {e}") from e
+            raise
         if probe.dtype != torch.float32:
             raise TypeError(f"{self._layer_name()}: analog tiles compute in float32; cannot convert to {probe.dtype}")
         target = self._tiles[0].check_device(probe.device)  # CudaError before anything moves
