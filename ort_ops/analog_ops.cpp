@@ -8,7 +8,11 @@
 // libonnxruntime.  No C++ exception crosses the C boundary: CreateKernelV2 and KernelComputeV2
 // catch everything and return an OrtStatus.
 //
-// CPU kernels only: rpucuda has no CUDA twin of the inference forward yet.
+// CPU kernels always; CUDA execution-provider kernels of the same ops in builds with
+// RPU_WITH_CUDA (rpucuda's CUDA twins, rpucuda/cuda/rpucuda_cuda.h, launched on the kernel
+// context's compute stream).  One kernel class serves both: attributes, input checks, seeds and
+// call counters are shared; only where the chip lives and which rpucuda functions run differ.
+// This file is compiled by the host compiler: it includes no CUDA header.
 #include <onnxruntime_c_api.h>
 
 #include <algorithm>
@@ -32,6 +36,9 @@
 #include "io_pipeline.h"
 #include "parameters.h"
 #include "threading.h"
+#ifdef RPU_WITH_CUDA
+#include "rpucuda_cuda.h"
+#endif
 
 #ifndef AIHW_ORT_API_VERSION
 #define AIHW_ORT_API_VERSION 21
@@ -46,6 +53,10 @@ namespace {
 const OrtApi *g_api = nullptr;
 constexpr const char *kDomain = "ai.aihw";
 constexpr size_t kMaxCachedTimes = 8;  // chip states kept per kernel (one per t_inference value)
+#ifdef RPU_WITH_CUDA
+constexpr size_t kMaxCachedTimesDevice = 2;  // the same on the GPU (device memory: one W per state)
+constexpr const char *kCudaEP = "CUDAExecutionProvider";
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Errors: thrown inside the library, turned into an OrtStatus at the C boundary.
@@ -316,9 +327,117 @@ struct ConvGeometry {
   int64_t group = 1;
 };
 
+// The geometry of one AnalogConv run, padded to 3 spatial dims (leading dims of size 1).
+struct ConvDims {
+  int64_t S[3] = {1, 1, 1}, K[3] = {1, 1, 1}, stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dil[3] = {1, 1, 1},
+          L[3] = {1, 1, 1};
+  int64_t N = 0, C = 0, Cg = 0, Lt = 1, St = 1;
+  std::vector<int64_t> yshape;  // [N, M, *out_spatial]
+};
+
+#ifdef RPU_WITH_CUDA
+// ---------------------------------------------------------------------------------------------
+// Device state of the CUDA kernels.
+
+// Makes `device` current for the calling thread and restores the previous device afterwards
+// (onnxruntime's own CUDA kernels share the thread).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : prev_(rpu::cuda::current_device()), device_(device) {
+    if (prev_ != device_) rpu::cuda::set_device(device_);
+  }
+  ~DeviceGuard() {
+    if (prev_ != device_) try {
+        rpu::cuda::set_device(prev_);
+      } catch (...) {
+      }
+  }
+  DeviceGuard(const DeviceGuard &) = delete;
+  DeviceGuard &operator=(const DeviceGuard &) = delete;
+
+ private:
+  int prev_, device_;
+};
+
+// Floats in device memory owned by a kernel (cudaMalloc through rpu::cuda::device_malloc; the
+// caller has made `device` current).  Freeing (cudaFree) synchronizes the device, so a buffer
+// dropped while a kernel launched on another stream still reads it is freed only after that
+// kernel finished.
+struct DeviceArray {
+  float *p = nullptr;
+  int device = -1;
+  DeviceArray() = default;
+  DeviceArray(size_t n, int dev) : device(dev) {
+    if (n) p = static_cast<float *>(rpu::cuda::device_malloc(n * sizeof(float)));
+  }
+  DeviceArray(DeviceArray &&o) noexcept : p(o.p), device(o.device) { o.p = nullptr; }
+  DeviceArray &operator=(DeviceArray &&o) noexcept {
+    std::swap(p, o.p);
+    std::swap(device, o.device);
+    return *this;
+  }
+  DeviceArray(const DeviceArray &) = delete;
+  DeviceArray &operator=(const DeviceArray &) = delete;
+  ~DeviceArray() {
+    if (!p) return;
+    try {
+      DeviceGuard g(device);
+      rpu::cuda::device_free(p);
+    } catch (...) {  // a destructor reports nothing; the driver reclaims the memory at exit
+    }
+  }
+};
+
+// Chip weights (and drift-compensation factors) of every tile at one value of t_inference, on
+// the device (the twin of ChipAt).
+struct DeviceChipAt {
+  std::vector<DeviceArray> W;      // per tile, Mg*Kg
+  std::vector<DeviceArray> alpha;  // per tile: none (no compensation), 1 or Mg values
+};
+
+// One programmed chip on the device (the twin of Programmed).
+struct DeviceProgrammed {
+  struct Tile {
+    DeviceArray g_plus, g_minus, nu_plus, nu_minus, ref;
+    rpu::cuda::ProgrammedView view;
+  };
+  int device = -1;
+  std::vector<float> w_src;  // host copy of the weights programmed (only when W is not constant)
+  std::vector<Tile> tiles;
+  std::mutex mu;  // guards chips / order
+  std::map<uint32_t, std::shared_ptr<const DeviceChipAt>> chips;
+  std::deque<uint32_t> order;
+};
+
+// onnxruntime scratch memory of one run: from the execution provider's allocator, ordered on
+// the kernel's compute stream (returned at the end of the run while the launches may still be
+// in flight, as onnxruntime's own CUDA kernels do).
+class DeviceScratch {
+ public:
+  DeviceScratch(OrtKernelContext *ctx, OrtAllocator *alloc, size_t n_floats) : alloc_(alloc) {
+    void *p = nullptr;
+    check(g_api->KernelContext_GetScratchBuffer(ctx, alloc->Info(alloc), n_floats * sizeof(float), &p));
+    if (p == nullptr && n_floats) fail("aihw_ort_ops: no device scratch memory", ORT_FAIL);
+    p_ = static_cast<float *>(p);
+  }
+  ~DeviceScratch() {
+    if (p_) alloc_->Free(alloc_, p_);
+  }
+  DeviceScratch(const DeviceScratch &) = delete;
+  DeviceScratch &operator=(const DeviceScratch &) = delete;
+  float *get() const { return p_; }
+
+ private:
+  OrtAllocator *alloc_;
+  float *p_ = nullptr;
+};
+#endif  // RPU_WITH_CUDA
+
 class AnalogKernel {
  public:
-  AnalogKernel(OpKind kind, const OrtKernelInfo *info) : kind_(kind) {
+  // cuda: the kernel of the CUDA execution provider (X, W, B and Y in device memory; seed and
+  // t_inference in host memory, OrtMemTypeCPUInput).
+  AnalogKernel(OpKind kind, bool cuda, const OrtKernelInfo *info) : kind_(kind), cuda_(cuda) {
     op_ = kind == OpKind::MatMul ? "AnalogMatMul" : "AnalogConv";
     size_t n = 0;
     if (ok(g_api->KernelInfo_GetNodeName(info, nullptr, &n)) && n > 1) {
@@ -330,14 +449,16 @@ class AnalogKernel {
     size_t n_inputs = 0;
     check(g_api->KernelInfo_GetInputCount(info, &n_inputs));
     if (n_inputs < 2) fail(op_ + ": expected inputs X and W, the node has " + std::to_string(n_inputs) + where());
-    // W as a constant initializer: validate and program now (one session = one chip).
+    // W as a constant initializer: validate and program now (one session = one chip).  On the
+    // CUDA EP the initializer is in device memory: the shape is checked now, the values and the
+    // programming at the first run (on the run's stream).
     int is_const = 0;
     const OrtValue *wv = nullptr;
     if (ok(g_api->KernelInfoGetConstantInput_tensor(info, 1, &is_const, &wv)) && is_const && wv) {
       TensorView w = view(wv);
-      check_weights(w);
+      check_weights(w, cuda_ ? nullptr : fdata(w));
       w_constant_ = true;
-      if (pcm_) {
+      if (pcm_ && !cuda_) {
         auto p = program(fdata(w), false);
         chip_at(*p, t_default_);  // the chip at the default time, ready for the first run
         prog_ = std::move(p);
@@ -350,9 +471,43 @@ class AnalogKernel {
         if (b.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail(op_ + ": input B must be float" + where());
       }
     }
+#ifdef RPU_WITH_CUDA
+    // The execution provider's device allocator: scratch memory of the runs (AnalogConv's im2col).
+    if (cuda_) check(g_api->KernelInfoGetAllocator(info, OrtMemTypeDefault, &alloc_));
+#endif
   }
 
+  ~AnalogKernel() {
+#ifdef RPU_WITH_CUDA
+    {
+      std::lock_guard<std::mutex> lk(prog_mu_);
+      dev_prog_.reset();  // device buffers (the chip) are freed here, in KernelDestroy
+    }
+    if (alloc_) g_api->ReleaseAllocator(alloc_);
+#endif
+  }
+  AnalogKernel(const AnalogKernel &) = delete;
+  AnalogKernel &operator=(const AnalogKernel &) = delete;
+
   void compute(OrtKernelContext *ctx) {
+#ifdef RPU_WITH_CUDA
+    if (cuda_) return compute_cuda(ctx);
+#endif
+    compute_cpu(ctx);
+  }
+
+ private:
+  // The inputs of one run, checked (types, shapes, seed and t_inference values); X and W values
+  // are checked by the caller, in the memory they live in.
+  struct RunInputs {
+    TensorView x, w;
+    const float *b = nullptr;  // host (CPU EP) or device (CUDA EP) memory
+    bool seeded = false;
+    uint64_t seed = 0;
+    float t = 0.0f;
+  };
+
+  RunInputs read_inputs(OrtKernelContext *ctx) {
     size_t n_in = 0;
     check(g_api->KernelContext_GetInputCount(ctx, &n_in));
     auto input = [&](size_t i) -> const OrtValue * {
@@ -361,60 +516,77 @@ class AnalogKernel {
       check(g_api->KernelContext_GetInput(ctx, i, &v));
       return v;
     };
+    RunInputs in;
     const OrtValue *xv = input(0), *wv = input(1);
     if (!xv) fail(op_ + ": input X is missing" + where());
     if (!wv) fail(op_ + ": input W is missing" + where());
-    TensorView x = view(xv), w = view(wv);
-    if (!w_constant_) check_weights(w);
-    const float *b = nullptr;
+    in.x = view(xv);
+    in.w = view(wv);
+    if (!w_constant_) check_weights(in.w, cuda_ ? nullptr : fdata(in.w));
     if (const OrtValue *bv = input(2)) {
       TensorView bt = view(bv);
+      if (bt.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail(op_ + ": input B must be float" + where());
       if (bt.shape.size() != 1 || bt.shape[0] != M_)
         fail(op_ + ": input B must have shape [" + std::to_string(M_) + "], got " + shape_str(bt.shape) + where());
-      b = fdata(bt);
+      in.b = fdata(bt);
     }
-    bool seeded = false;
-    uint64_t seed_in = 0;
+    // seed and t_inference are host memory on every EP (CPU inputs of the CUDA kernel).
     if (const OrtValue *sv = input(3)) {
       TensorView st = view(sv);
       if (st.numel != 1 || st.shape.size() > 1)
         fail(op_ + ": input seed must be an int64 scalar, got shape " + shape_str(st.shape) + where());
       const int64_t s = *static_cast<const int64_t *>(st.data);
       if (s >= 0) {  // a negative seed means "no seed" (the kernel's own call sequence)
-        seeded = true;
-        seed_in = (uint64_t)s;
+        in.seeded = true;
+        in.seed = (uint64_t)s;
       }
     }
-    float t = t_default_;
+    in.t = t_default_;
     if (const OrtValue *tv = input(4)) {
       TensorView tt = view(tv);
       if (tt.numel != 1 || tt.shape.size() > 1)
         fail(op_ + ": input t_inference must be a float scalar, got shape " + shape_str(tt.shape) + where());
-      t = *fdata(tt);
-      if (!std::isfinite(t) || t < 0.0f)
-        fail(op_ + ": input t_inference must be a finite number of seconds >= 0, got " + fmt(t) + where());
+      in.t = *fdata(tt);
+      if (!std::isfinite(in.t) || in.t < 0.0f)
+        fail(op_ + ": input t_inference must be a finite number of seconds >= 0, got " + fmt(in.t) + where());
     }
-
     if (kind_ == OpKind::MatMul)
-      check_matmul_input(x);
+      check_matmul_input(in.x);
     else
-      check_conv_input(x);
-    if (x.numel > 0) {
-      const int bad = nonfinite_kind(fdata(x), x.numel);
-      if (bad) fail(op_ + ": input X contains " + (bad == 1 ? "NaN" : "Inf") + where());
-    }
+      check_conv_input(in.x);
+    return in;
+  }
+
+  void fail_nonfinite(const char *what, int kind) const {
+    if (kind) fail(op_ + ": input " + what + " contains " + (kind == 1 ? "NaN" : "Inf") + where());
+  }
+
+  // The generator of tile g's per-call noise in a run (README: "The `seed` input").
+  rpu::MVMCall mvm_call(const RunInputs &in, uint64_t run, int g) const {
+    return in.seeded ? rpu::MVMCall{in.seed, 0} : rpu::MVMCall{tiles_[g].seed, tiles_[g].call_offset + run};
+  }
+
+  // The index of this run among the kernel's unseeded runs (seeded runs do not advance it).
+  uint64_t next_run(const RunInputs &in) {
+    return in.seeded ? 0 : runs_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void compute_cpu(OrtKernelContext *ctx) {
+    const RunInputs in = read_inputs(ctx);
+    const TensorView &x = in.x, &w = in.w;
+    if (x.numel > 0) fail_nonfinite("X", nonfinite_kind(fdata(x), x.numel));
+    ConvDims cd;
+    if (kind_ == OpKind::Conv) cd = conv_dims(x);
 
     // Weights of this run: the chip at t (pcm) or the reference weights.
     std::shared_ptr<Programmed> prog;
     std::shared_ptr<const ChipAt> chip;
     if (pcm_) {
       prog = programmed(fdata(w));
-      chip = chip_at(*prog, t);
+      chip = chip_at(*prog, in.t);
     }
-    const uint64_t run = seeded ? 0 : runs_.fetch_add(1, std::memory_order_relaxed);
-    auto mvm_call = [&](int g) {
-      return seeded ? rpu::MVMCall{seed_in, 0} : rpu::MVMCall{tiles_[g].seed, tiles_[g].call_offset + run};
-    };
+    const uint64_t run = next_run(in);
+    auto call = [&](int g) { return mvm_call(in, run, g); };
     auto weights = [&](int g) -> const float * {
       return chip ? chip->W[g].data() : fdata(w) + (int64_t)g * Mg_ * Kg_;
     };
@@ -428,12 +600,11 @@ class AnalogKernel {
     };
 
     if (kind_ == OpKind::MatMul)
-      run_matmul(ctx, x, b, weights(0), alpha, mvm_call(0));
+      run_matmul(ctx, x, in.b, weights(0), alpha, call(0));
     else
-      run_conv(ctx, x, b, weights, alpha, mvm_call);
+      run_conv(ctx, x, cd, in.b, weights, alpha, call);
   }
 
- private:
   std::string where() const { return node_.empty() ? "" : " (node '" + node_ + "')"; }
 
   void read_attributes(const Attrs &a) {
@@ -575,8 +746,9 @@ class AnalogKernel {
     conv_.d = d;
   }
 
-  // Validates W (shape against the attributes, values) and records the tile sizes.
-  void check_weights(const TensorView &w) {
+  // Validates W (shape against the attributes; values, given in host memory) and records the
+  // tile sizes.  The CUDA kernel passes values = nullptr and checks them on the device.
+  void check_weights(const TensorView &w, const float *values) {
     if (w.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) fail(op_ + ": input W must be float" + where());
     std::lock_guard<std::mutex> lk(shape_mu_);
     if (have_shape_) {
@@ -606,8 +778,7 @@ class AnalogKernel {
     if (M_ <= 0 || Kg_ <= 0) fail(op_ + ": input W must not be empty, got shape " + shape_str(w.shape) + where());
     if (Mg_ >= INT32_MAX || Kg_ >= INT32_MAX || Mg_ * Kg_ >= ((int64_t)1 << 40))
       fail(op_ + ": input W is too large: " + shape_str(w.shape) + where());
-    const int bad = nonfinite_kind(fdata(w), w.numel);
-    if (bad) fail(op_ + ": input W contains " + (bad == 1 ? "NaN" : "Inf") + where());
+    if (values) fail_nonfinite("W", nonfinite_kind(values, w.numel));
     w_shape_ = w.shape;
     have_shape_ = true;
   }
@@ -725,38 +896,48 @@ class AnalogKernel {
            std::to_string(cg * conv_.group) + " (group " + std::to_string(conv_.group) + " x " + std::to_string(cg) + ")" + where());
   }
 
-  template <typename WFn, typename AlphaFn, typename CallFn>
-  void run_conv(OrtKernelContext *ctx, const TensorView &x, const float *b, WFn &&weights, AlphaFn &&alpha,
-                CallFn &&mvm_call) {
+  // The geometry of a run (checks that the padded input covers the kernel span).
+  ConvDims conv_dims(const TensorView &x) const {
+    ConvDims c;
     const int d = conv_.d;
-    // Geometry padded to 3 spatial dims (leading dims of size 1).
-    int64_t S[3] = {1, 1, 1}, Kk[3] = {1, 1, 1}, st[3] = {1, 1, 1}, pd[3] = {0, 0, 0}, dl[3] = {1, 1, 1}, L[3] = {1, 1, 1};
     for (int i = 0; i < d; ++i) {
       const int j = 3 - d + i;
-      S[j] = x.shape[2 + i];
-      Kk[j] = w_shape_[2 + i];
-      if (!conv_.strides.empty()) st[j] = conv_.strides[i];
-      if (!conv_.pads.empty()) pd[j] = conv_.pads[i];
-      if (!conv_.dilations.empty()) dl[j] = conv_.dilations[i];
-      const int64_t span = (Kk[j] - 1) * dl[j] + 1;
-      if (S[j] + 2 * pd[j] < span)
-        fail(op_ + ": input X spatial size " + std::to_string(S[j]) + " (dimension " + std::to_string(2 + i) +
-             ", padded by " + std::to_string(pd[j]) + " on each side) is smaller than the kernel span " +
+      c.S[j] = x.shape[2 + i];
+      c.K[j] = w_shape_[2 + i];
+      if (!conv_.strides.empty()) c.stride[j] = conv_.strides[i];
+      if (!conv_.pads.empty()) c.pad[j] = conv_.pads[i];
+      if (!conv_.dilations.empty()) c.dil[j] = conv_.dilations[i];
+      const int64_t span = (c.K[j] - 1) * c.dil[j] + 1;
+      if (c.S[j] + 2 * c.pad[j] < span)
+        fail(op_ + ": input X spatial size " + std::to_string(c.S[j]) + " (dimension " + std::to_string(2 + i) +
+             ", padded by " + std::to_string(c.pad[j]) + " on each side) is smaller than the kernel span " +
              std::to_string(span) + where());
-      L[j] = (S[j] + 2 * pd[j] - span) / st[j] + 1;
+      c.L[j] = (c.S[j] + 2 * c.pad[j] - span) / c.stride[j] + 1;
     }
-    const int64_t N = x.shape[0], C = x.shape[1], Cg = w_shape_[1], G = conv_.group;
-    const int64_t Lt = L[0] * L[1] * L[2], St = S[0] * S[1] * S[2];
-    std::vector<int64_t> yshape = {N, M_};
-    for (int i = 0; i < d; ++i) yshape.push_back(L[3 - d + i]);
+    c.N = x.shape[0];
+    c.C = x.shape[1];
+    c.Cg = w_shape_[1];
+    c.Lt = c.L[0] * c.L[1] * c.L[2];
+    c.St = c.S[0] * c.S[1] * c.S[2];
+    c.yshape = {c.N, M_};
+    for (int i = 0; i < d; ++i) c.yshape.push_back(c.L[3 - d + i]);
+    const int64_t rows = c.N * c.Lt;
+    if (rows >= INT32_MAX || rows * Kg_ >= ((int64_t)1 << 40)) fail(op_ + ": input X is too large" + where());
+    return c;
+  }
+
+  template <typename WFn, typename AlphaFn, typename CallFn>
+  void run_conv(OrtKernelContext *ctx, const TensorView &x, const ConvDims &cd, const float *b, WFn &&weights,
+                AlphaFn &&alpha, CallFn &&mvm_call) {
+    const int64_t *S = cd.S, *Kk = cd.K, *st = cd.stride, *pd = cd.pad, *dl = cd.dil, *L = cd.L;
+    const int64_t N = cd.N, C = cd.C, Cg = cd.Cg, G = conv_.group, Lt = cd.Lt, St = cd.St;
     OrtValue *yv = nullptr;
-    check(g_api->KernelContext_GetOutput(ctx, 0, yshape.data(), yshape.size(), &yv));
+    check(g_api->KernelContext_GetOutput(ctx, 0, cd.yshape.data(), cd.yshape.size(), &yv));
     void *yp = nullptr;
     check(g_api->GetTensorMutableData(yv, &yp));
     float *Y = static_cast<float *>(yp);
     const int64_t rows = N * Lt;
     if (rows == 0) return;
-    if (rows >= INT32_MAX || rows * Kg_ >= ((int64_t)1 << 40)) fail(op_ + ": input X is too large" + where());
     static thread_local std::vector<float> tl_cols, tl_y;
     std::vector<float> &cols = tl_cols, &yt = tl_y;
     cols.resize((size_t)(rows * Kg_));
@@ -806,7 +987,182 @@ class AnalogKernel {
     }
   }
 
+#ifdef RPU_WITH_CUDA
+  // ---- CUDA execution provider ----------------------------------------------------------------
+  // The same run as compute_cpu with rpucuda's CUDA twins, on the context's compute stream.  The
+  // chip is programmed on the device (rpu::cuda::pcm_program / chip_reference / chip_at: the same
+  // Philox streams and per-device math as the CPU functions) at the first run and for each new
+  // t_inference, then cached like the CPU chip.  The host waits for the stream only to read the
+  // NaN/Inf check of X (every run), to program (first run), for a new t_inference, and to copy a
+  // non-constant W back for comparison (pcm only).
+
+  void compute_cuda(OrtKernelContext *ctx) {
+    const RunInputs in = read_inputs(ctx);
+    const TensorView &x = in.x, &w = in.w;
+    ConvDims cd;
+    std::vector<int64_t> yshape;
+    int64_t rows;
+    if (kind_ == OpKind::MatMul) {
+      yshape = x.shape;
+      yshape.back() = M_;
+      rows = x.numel / Kg_;
+    } else {
+      cd = conv_dims(x);
+      yshape = cd.yshape;
+      rows = cd.N * cd.Lt;
+    }
+    const int dev = rpu::cuda::pointer_device(w.data);
+    if (dev < 0) fail(op_ + " (CUDA): input W is not in CUDA device memory" + where());
+    auto same_device = [&](const void *p, const char *what) {
+      const int d = rpu::cuda::pointer_device(p);
+      if (d != dev)
+        fail(op_ + " (CUDA): input " + what + " is " +
+             (d < 0 ? std::string("not in CUDA device memory") : "on CUDA device " + std::to_string(d)) +
+             ", W is on device " + std::to_string(dev) + where());
+    };
+    if (x.numel > 0) same_device(x.data, "X");
+    if (in.b) same_device(in.b, "B");
+    void *stream = nullptr;  // cudaStream_t; nullptr (the legacy default stream) if onnxruntime gives none
+    check(g_api->KernelContext_GetGPUComputeStream(ctx, &stream));
+
+    std::shared_ptr<DeviceProgrammed> prog;
+    std::shared_ptr<const DeviceChipAt> chip;
+    std::unique_ptr<DeviceGuard> guard;
+    if (rows > 0) {
+      guard.reset(new DeviceGuard(dev));
+      fail_nonfinite("X", rpu::cuda::nonfinite_kind(fdata(x), x.numel, stream));
+      if (!w_checked_.load(std::memory_order_acquire)) {  // once, as the CPU kernel checks W once
+        fail_nonfinite("W", rpu::cuda::nonfinite_kind(fdata(w), w.numel, stream));
+        w_checked_.store(true, std::memory_order_release);
+      }
+      if (pcm_) {
+        prog = device_programmed(w, dev, stream);
+        chip = device_chip_at(*prog, in.t, stream);
+      }
+    }
+    const uint64_t run = next_run(in);  // empty runs count too, as on the CPU
+    OrtValue *yv = nullptr;
+    check(g_api->KernelContext_GetOutput(ctx, 0, yshape.data(), yshape.size(), &yv));
+    void *yp = nullptr;
+    check(g_api->GetTensorMutableData(yv, &yp));
+    float *Y = static_cast<float *>(yp);
+    if (rows == 0) return;
+
+    const int na = (int)ref_size();
+    auto weights = [&](int g) -> const float * {
+      return chip ? chip->W[g].p : fdata(w) + (int64_t)g * Mg_ * Kg_;
+    };
+    auto alpha = [&](int g) -> const float * { return chip && na ? chip->alpha[g].p : nullptr; };
+    const int n_alpha = chip ? na : 0;
+
+    if (kind_ == OpKind::MatMul) {
+      rpu::cuda::io_mvm(weights(0), (int)M_, (int)Kg_, false, fdata(x), (int)rows, Y, io_, map_, true, alpha(0),
+                        n_alpha, mvm_call(in, run, 0), stream);
+      rpu::cuda::add_bias(Y, rows, M_, in.b, stream);
+      return;
+    }
+    rpu::cuda::Im2colShape sh;
+    for (int j = 0; j < 3; ++j) {
+      sh.S[j] = cd.S[j];
+      sh.K[j] = cd.K[j];
+      sh.stride[j] = cd.stride[j];
+      sh.pad[j] = cd.pad[j];
+      sh.dil[j] = cd.dil[j];
+      sh.L[j] = cd.L[j];
+    }
+    DeviceScratch cols(ctx, alloc_, (size_t)(rows * Kg_)), yt(ctx, alloc_, (size_t)(rows * Mg_));
+    for (int g = 0; g < n_tiles_; ++g) {
+      rpu::cuda::im2col(fdata(x), cd.N, cd.C, g * cd.Cg, cd.Cg, sh, cols.get(), stream);
+      rpu::cuda::io_mvm(weights(g), (int)Mg_, (int)Kg_, false, cols.get(), (int)rows, yt.get(), io_, map_, true,
+                        alpha(g), n_alpha, mvm_call(in, run, g), stream);
+      rpu::cuda::rows_to_channels(yt.get(), cd.N, cd.Lt, Mg_, M_, g * Mg_, in.b, Y, stream);
+    }
+  }
+
+  size_t ref_size() const {
+    return comp_ == rpu::DriftCompensationType::None        ? 0
+           : comp_ == rpu::DriftCompensationType::PerColumn ? (size_t)Mg_
+                                                            : 1;
+  }
+
+  // The programmed chip of this run's W on device `dev` (programmed at the first run, and again
+  // when a non-constant W changes: it is copied to the host and compared, as on the CPU).
+  std::shared_ptr<DeviceProgrammed> device_programmed(const TensorView &w, int dev, void *stream) {
+    std::vector<float> src;
+    if (!w_constant_) {
+      src.resize((size_t)w.numel);
+      rpu::cuda::copy_to_host(src.data(), w.data, sizeof(float) * src.size(), stream);
+    }
+    std::lock_guard<std::mutex> lk(prog_mu_);
+    if (dev_prog_ && dev_prog_->device == dev &&
+        (w_constant_ || std::memcmp(dev_prog_->w_src.data(), src.data(), sizeof(float) * src.size()) == 0))
+      return dev_prog_;
+    auto p = std::make_shared<DeviceProgrammed>();
+    p->device = dev;
+    p->w_src = std::move(src);
+    p->tiles.resize(n_tiles_);
+    const size_t per = (size_t)(Mg_ * Kg_), nref = ref_size();
+    for (int g = 0; g < n_tiles_; ++g) {
+      DeviceProgrammed::Tile &t = p->tiles[g];
+      t.g_plus = DeviceArray(per, dev);
+      t.g_minus = DeviceArray(per, dev);
+      t.nu_plus = DeviceArray(per, dev);
+      t.nu_minus = DeviceArray(per, dev);
+      t.view.M = (int)Mg_;
+      t.view.K = (int)Kg_;
+      t.view.g_plus = t.g_plus.p;
+      t.view.g_minus = t.g_minus.p;
+      t.view.nu_plus = t.nu_plus.p;
+      t.view.nu_minus = t.nu_minus.p;
+      rpu::cuda::pcm_program(fdata(w) + g * per, (int)Mg_, (int)Kg_, noise_, tiles_[g].program_seed, t.view, stream);
+      if (nref) {  // the CPU's chip_reference writes nothing without compensation
+        t.ref = DeviceArray(nref, dev);
+        rpu::cuda::chip_reference(t.view, noise_, tiles_[g].program_seed, io_, map_, comp_, tiles_[g].seed, t.ref.p,
+                                  stream);
+      }
+    }
+    rpu::cuda::stream_synchronize(stream);  // runs on other streams read the chip
+    dev_prog_ = p;  // a replaced chip is freed when its last run lets go of it
+    return p;
+  }
+
+  // Chip weights and compensation at time t on the device, cached per value of t (fewer values
+  // than on the CPU: each costs a copy of W in device memory).
+  std::shared_ptr<const DeviceChipAt> device_chip_at(DeviceProgrammed &p, float t, void *stream) const {
+    uint32_t key;
+    const float tk = t == 0.0f ? 0.0f : t;  // -0 -> 0
+    std::memcpy(&key, &tk, sizeof key);
+    {
+      std::lock_guard<std::mutex> lk(p.mu);
+      auto it = p.chips.find(key);
+      if (it != p.chips.end()) return it->second;
+    }
+    auto c = std::make_shared<DeviceChipAt>();
+    const size_t per = (size_t)(Mg_ * Kg_), nref = ref_size();
+    for (int g = 0; g < n_tiles_; ++g) {
+      c->W.emplace_back(per, p.device);
+      c->alpha.emplace_back(nref, p.device);
+      rpu::cuda::chip_at(p.tiles[g].view, noise_, (double)t, tiles_[g].program_seed, io_, map_, comp_,
+                         tiles_[g].seed, p.tiles[g].ref.p, c->W[g].p, c->alpha[g].p, stream);
+    }
+    rpu::cuda::stream_synchronize(stream);  // complete before runs on other streams use it
+    std::shared_ptr<const DeviceChipAt> evicted;  // freed after the lock is released
+    std::lock_guard<std::mutex> lk(p.mu);
+    auto it = p.chips.find(key);
+    if (it != p.chips.end()) return it->second;  // a concurrent run computed the same chip
+    if (p.order.size() >= kMaxCachedTimesDevice) {
+      evicted = std::move(p.chips[p.order.front()]);
+      p.chips.erase(p.order.front());
+      p.order.pop_front();
+    }
+    p.chips.emplace(key, c);
+    p.order.push_back(key);
+    return c;
+  }
+#endif  // RPU_WITH_CUDA
+
   OpKind kind_;
+  bool cuda_ = false;  // the CUDA execution provider's kernel
   std::string op_, node_;
   rpu::IOParameters io_;
   rpu::MappingParameter map_;
@@ -824,9 +1180,14 @@ class AnalogKernel {
   int64_t M_ = 0, Mg_ = 0, Kg_ = 0;
   bool w_constant_ = false;
 
-  std::mutex prog_mu_;
+  std::mutex prog_mu_;  // guards prog_ (non-constant W) and dev_prog_
   std::shared_ptr<Programmed> prog_;
   std::atomic<uint64_t> runs_{0};
+#ifdef RPU_WITH_CUDA
+  OrtAllocator *alloc_ = nullptr;  // the CUDA EP's device allocator (scratch memory)
+  std::shared_ptr<DeviceProgrammed> dev_prog_;
+  std::atomic<bool> w_checked_{false};  // W's values checked on the device
+#endif
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -944,16 +1305,23 @@ bool runtime_shape_inference_handles_absent_inputs(const char *version) {
 struct AnalogOp : OrtCustomOp {
   OpKind kind;
   const char *name;
+  bool cuda;  // the CUDA execution provider's op (same domain, name and version as the CPU op)
 
   // shape_inference: give onnxruntime an InferOutputShapeFn (only where the runtime can call it
   // safely, see runtime_shape_inference_handles_absent_inputs); without one, onnxruntime's own
   // fallback types the output (float) and leaves its shape unknown until the first run.
-  AnalogOp(OpKind k, const char *n, bool shape_inference) : OrtCustomOp{}, kind(k), name(n) {
+  AnalogOp(OpKind k, const char *n, bool shape_inference, bool on_cuda)
+      : OrtCustomOp{}, kind(k), name(n), cuda(on_cuda) {
     version = AIHW_ORT_API_VERSION;
     CreateKernel = nullptr;
     KernelCompute = nullptr;
     GetName = [](const OrtCustomOp *op) { return static_cast<const AnalogOp *>(op)->name; };
-    GetExecutionProviderType = [](const OrtCustomOp *) -> const char * { return nullptr; };  // CPU
+    GetExecutionProviderType = [](const OrtCustomOp *op) -> const char * {
+#ifdef RPU_WITH_CUDA
+      if (static_cast<const AnalogOp *>(op)->cuda) return kCudaEP;
+#endif
+      return nullptr;  // CPU
+    };
     GetInputTypeCount = [](const OrtCustomOp *) -> size_t { return 5; };
     GetInputType = [](const OrtCustomOp *, size_t i) {
       return i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -964,14 +1332,19 @@ struct AnalogOp : OrtCustomOp {
       return i < 2 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
     };
     GetOutputCharacteristic = [](const OrtCustomOp *, size_t) { return INPUT_OUTPUT_REQUIRED; };
-    GetInputMemoryType = [](const OrtCustomOp *, size_t) { return OrtMemTypeDefault; };
+    // On the CUDA EP, X, W and B are device memory; the scalars seed (3) and t_inference (4) are
+    // read by the host, so onnxruntime hands them over in host memory.
+    GetInputMemoryType = [](const OrtCustomOp *op, size_t i) {
+      return static_cast<const AnalogOp *>(op)->cuda && i >= 3 ? OrtMemTypeCPUInput : OrtMemTypeDefault;
+    };
     GetVariadicInputMinArity = [](const OrtCustomOp *) { return 1; };
     GetVariadicInputHomogeneity = [](const OrtCustomOp *) { return 1; };
     GetVariadicOutputMinArity = [](const OrtCustomOp *) { return 1; };
     GetVariadicOutputHomogeneity = [](const OrtCustomOp *) { return 1; };
     CreateKernelV2 = [](const OrtCustomOp *op, const OrtApi *, const OrtKernelInfo *info, void **kernel) -> OrtStatusPtr {
       *kernel = nullptr;
-      return guarded([&] { *kernel = new AnalogKernel(static_cast<const AnalogOp *>(op)->kind, info); });
+      const AnalogOp *o = static_cast<const AnalogOp *>(op);
+      return guarded([&] { *kernel = new AnalogKernel(o->kind, o->cuda, info); });
     };
     KernelComputeV2 = [](void *kernel, OrtKernelContext *ctx) -> OrtStatusPtr {
       return guarded([&] { static_cast<AnalogKernel *>(kernel)->compute(ctx); });
@@ -996,13 +1369,15 @@ struct AnalogOp : OrtCustomOp {
 };
 
 // Static: onnxruntime keeps pointers to the ops for as long as the sessions live.
-const AnalogOp &matmul_op(bool shape_inference) {
-  static const AnalogOp with(OpKind::MatMul, "AnalogMatMul", true), without(OpKind::MatMul, "AnalogMatMul", false);
-  return shape_inference ? with : without;
-}
-const AnalogOp &conv_op(bool shape_inference) {
-  static const AnalogOp with(OpKind::Conv, "AnalogConv", true), without(OpKind::Conv, "AnalogConv", false);
-  return shape_inference ? with : without;
+const AnalogOp &analog_op(OpKind kind, bool shape_inference, bool cuda) {
+  static const AnalogOp matmul[4] = {
+      AnalogOp(OpKind::MatMul, "AnalogMatMul", false, false), AnalogOp(OpKind::MatMul, "AnalogMatMul", true, false),
+      AnalogOp(OpKind::MatMul, "AnalogMatMul", false, true), AnalogOp(OpKind::MatMul, "AnalogMatMul", true, true)};
+  static const AnalogOp conv[4] = {
+      AnalogOp(OpKind::Conv, "AnalogConv", false, false), AnalogOp(OpKind::Conv, "AnalogConv", true, false),
+      AnalogOp(OpKind::Conv, "AnalogConv", false, true), AnalogOp(OpKind::Conv, "AnalogConv", true, true)};
+  const int i = (shape_inference ? 1 : 0) + (cuda ? 2 : 0);
+  return kind == OpKind::MatMul ? matmul[i] : conv[i];
 }
 
 // Domains handed to sessions live as long as the library (onnxruntime keeps pointers to them).
@@ -1062,8 +1437,14 @@ extern "C" AIHW_EXPORT OrtStatus *ORT_API_CALL RegisterCustomOps(OrtSessionOptio
       store.domains.push_back(domain);
     }
     const bool shape_inference = runtime_shape_inference_handles_absent_inputs(api_base->GetVersionString());
-    check(g_api->CustomOpDomain_Add(domain, &matmul_op(shape_inference)));
-    check(g_api->CustomOpDomain_Add(domain, &conv_op(shape_inference)));
+    check(g_api->CustomOpDomain_Add(domain, &analog_op(OpKind::MatMul, shape_inference, false)));
+    check(g_api->CustomOpDomain_Add(domain, &analog_op(OpKind::Conv, shape_inference, false)));
+#ifdef RPU_WITH_CUDA
+    // The CUDA EP's kernels of the same ops: used by sessions with CUDAExecutionProvider (a CPU-only
+    // onnxruntime never asks for them).  Registering touches no CUDA API.
+    check(g_api->CustomOpDomain_Add(domain, &analog_op(OpKind::MatMul, shape_inference, true)));
+    check(g_api->CustomOpDomain_Add(domain, &analog_op(OpKind::Conv, shape_inference, true)));
+#endif
     check(g_api->AddCustomOpDomain(options, domain));
   });
 }

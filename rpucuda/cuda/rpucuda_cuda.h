@@ -91,5 +91,27 @@ void chip_at(const ProgrammedView &pw, const PCMNoiseParameters &p, double t_inf
              const IOParameters &io, const MappingParameter &map, DriftCompensationType type, uint64_t tile_seed,
              const float *ref, float *W_out, float *alpha_out, Stream s);
 
+// ---- layout and input checks of the onnxruntime adapters (im2col.cu, nonfinite.cu) -------------
+// A convolution with 1 to 3 spatial dimensions, padded to 3 (leading dimensions of size 1): input
+// size S, kernel size K, stride, padding on each side, dilation, output size L.  (Named apart
+// from rpu::ConvShape of rpucuda/im2col.h, which these functions could take once it is settled.)
+struct Im2colShape {
+  int64_t S[3] = {1, 1, 1}, K[3] = {1, 1, 1}, stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dil[3] = {1, 1, 1},
+          L[3] = {1, 1, 1};
+};
+// Channels [c0, c0 + Cg) of X [N, C, S0, S1, S2] unfolded into cols [N*L0*L1*L2, Cg*K0*K1*K2]:
+// row (n, l0, l1, l2), column (c, k0, k1, k2) -- the order of aihw_deploy.nn.modules.conv.im2col;
+// 0 where the window lies in the padding.
+void im2col(const float *X, int64_t N, int64_t C, int64_t c0, int64_t Cg, const Im2colShape &shape, float *cols,
+            Stream s);
+// Y[n, m0 + m, l] = rows[n*L + l, m] + (bias ? bias[m0 + m] : 0) for m < Mg, with Y [N, M, L].
+void rows_to_channels(const float *rows, int64_t N, int64_t L, int64_t Mg, int64_t M, int64_t m0, const float *bias,
+                      float *Y, Stream s);
+// Y[r, m] += bias[m] for Y [rows, M] (nothing when bias is nullptr).
+void add_bias(float *Y, int64_t rows, int64_t M, const float *bias, Stream s);
+// 0 if the n values of x are all finite, 1 if some value is NaN, 2 if some is +-Inf (and none is
+// NaN); waits for the stream.
+int nonfinite_kind(const float *x, int64_t n, Stream s);
+
 }  // namespace cuda
 }  // namespace rpu
