@@ -32,6 +32,10 @@
 //      reachable range is not inside [w_min_ij, w_max_ij] is instead done pulse by pulse with
 //      device_pulse() (per-row stream, sub 2): in sample order when it has pulses in both
 //      directions, else in any order (its pulses are then i.i.d.).
+//
+// The CUDA twin (cuda/pulsed_update_kernels.h) uses the same numbers, except for the
+// cycle-to-cycle noise of pulse-by-pulse updates (a per-cross-point stream there); pulse_scales()
+// is shared with it (pulsed_update_math.h).
 #include "pulsed_update.h"
 
 #include <algorithm>
@@ -40,6 +44,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "pulsed_update_math.h"
 #include "rng.h"
 #include "threading.h"
 
@@ -72,23 +77,7 @@ void exact_update(float *W, int M, int K, const float *X, const float *D, int N,
 
 PulseScales pulse_scales(float x_max, float d_max, float lr, float dw_min, const UpdateParameters &up,
                          int bl_override) {
-  PulseScales s;
-  if (!(x_max > 0.0f) || !(d_max > 0.0f) || !(lr > 0.0f)) return s;
-  const float ratio = lr * x_max * d_max / dw_min;  // expected pulses of the largest pair
-  int bl = up.desired_bl;
-  if (bl_override > 0) {
-    bl = bl_override;
-  } else if (up.update_bl_management) {
-    bl = std::min(up.desired_bl, std::max(1, (int)std::ceil(ratio)));
-  }
-  float d_eff = d_max;
-  if (ratio > (float)bl) d_eff = d_max * (float)bl / ratio;  // clip on the d side
-  const float A = std::sqrt(lr / (dw_min * (float)bl));
-  const float k = up.update_management ? std::sqrt(d_eff / x_max) : 1.0f;
-  s.bl = bl;
-  s.x_scale = A * k;
-  s.d_scale = A / k;
-  return s;
+  return pulse_scales_hd(x_max, d_max, lr, dw_min, up, bl_override);  // shared with the CUDA twin
 }
 
 namespace {
