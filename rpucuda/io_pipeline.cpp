@@ -249,7 +249,6 @@ struct Block {
   int id;
 };
 
-constexpr int kLocalBits = 20;  // tile sizes are below 2^20, see validate()
 constexpr int kSubRows = 128;   // rows multiplied at once by one worker (cache-sized)
 constexpr int kColAlign = 16;   // column slices of the small-batch path start at multiples of this
                                 // (a multiple of 4: the output noise of a slice starts at a block)
@@ -257,6 +256,66 @@ constexpr int kSmallRows = 4;   // row grain of the row-parallel path: up to thi
                                 // outputs are split over the threads instead
 
 }  // namespace
+
+const float *read_weights(const float *W, int M, int K, const IOParameters &io, const MVMCall &rng,
+                          std::vector<float> &buffer) {
+  if (!(io.w_noise > 0.0f && io.w_noise_type != WeightNoiseType::None)) return W;
+  const int g_simd = simd_level();
+  buffer.resize((size_t)M * K);
+  const int64_t total = (int64_t)M * K;
+  const bool pcm = io.w_noise_type == WeightNoiseType::PCMRead;
+  const float w_noise = io.w_noise;
+  constexpr int64_t kChunk = 4096;  // a multiple of 4 (bulk normals start at a block)
+  float *wn = buffer.data();
+  parallel_for((total + kChunk - 1) / kChunk, 4, [&](int64_t b, int64_t e) {
+    float z[kChunk];
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t i0 = c * kChunk;
+      const int L = (int)std::min<int64_t>(kChunk, total - i0);
+      fill_normal_bulk(z, L, rng.seed, TAG_W_NOISE, 0, rng.call, (uint64_t)i0);
+      IO_CALL(weight_noise, (W + i0, z, L, w_noise, pcm, wn + i0));
+    }
+  });
+  return wn;
+}
+
+float noise_scale(const IOParameters &io, float amax, float mx) {
+  float sn;
+  switch (io.noise_management) {
+    case NoiseManagementType::None: sn = 1.0f; break;
+    case NoiseManagementType::Max: sn = mx > 0.0f ? mx : amax; break;
+    case NoiseManagementType::Constant: sn = io.nm_thres > 0.0f ? io.nm_thres : 1.0f; break;
+    case NoiseManagementType::AverageAbsMax:
+    case NoiseManagementType::AbsMax:
+    default:
+      sn = amax;
+      if (io.nm_thres > 0.0f && sn > io.nm_thres) sn = io.nm_thres;
+  }
+  // A vector of zeros gives zero output whatever the scale; a vector with NaN gives NaN.
+  return amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
+}
+
+float bound_management_limit(const IOParameters &io) {
+  float r_limit = io.max_bm_factor;
+  const float inp_frac = res_fraction(io.inp_res);
+  if (inp_frac > 0.0f) r_limit = std::min(r_limit, io.max_bm_res / inp_frac);
+  return r_limit;
+}
+
+float bound_management_factor(const IOParameters &io, int it, float s, float r, const float *x, int Li,
+                              const std::function<float()> &tile_wmax) {
+  const float r_limit = bound_management_limit(io);
+  float r_next = 2.0f * r;
+  if (io.bound_management == BoundManagementType::IterativeWorstCase && it == 0) {
+    // Worst case: the input L1 norm times the largest |A| entry of this tile.
+    double l1 = 0.0;
+    for (int i = 0; i < Li; ++i) l1 += fabsf(x[i]) / (s * r);
+    float rw = (float)(l1 * tile_wmax() / io.out_bound) * r;
+    r_next = fmaxf(r_next, std::exp2(std::ceil(std::log2(fmaxf(rw, 1.0f)))));
+    r_next = fminf(r_next, r_limit);
+  }
+  return (r_next <= r_limit && r_next > r) ? r_next : 0.0f;
+}
 
 void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N, float *Y,
             const IOParameters &io, const MappingParameter &map, bool bound_management,
@@ -300,28 +359,9 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     return;
   }
 
-  // Weight read noise: one noisy copy of W per call (SPEC §1.5); normal number i for weight i.
+  // Weight read noise: one noisy copy of W per call (SPEC §1.5).
   static thread_local std::vector<float> tl_w_noisy;
-  std::vector<float> &w_noisy = tl_w_noisy;
-  const float *Wu = W;
-  if (io.w_noise > 0.0f && io.w_noise_type != WeightNoiseType::None) {
-    w_noisy.resize((size_t)M * K);
-    const int64_t total = (int64_t)M * K;
-    const bool pcm = io.w_noise_type == WeightNoiseType::PCMRead;
-    const float w_noise = io.w_noise;
-    constexpr int64_t kChunk = 4096;  // a multiple of 4 (bulk normals start at a block)
-    float *wn = w_noisy.data();
-    parallel_for((total + kChunk - 1) / kChunk, 4, [&](int64_t b, int64_t e) {
-      float z[kChunk];
-      for (int64_t c = b; c < e; ++c) {
-        const int64_t i0 = c * kChunk;
-        const int L = (int)std::min<int64_t>(kChunk, total - i0);
-        fill_normal_bulk(z, L, rng.seed, TAG_W_NOISE, 0, rng.call, (uint64_t)i0);
-        IO_CALL(weight_noise, (W + i0, z, L, w_noise, pcm, wn + i0));
-      }
-    });
-    Wu = wn;
-  }
+  const float *Wu = read_weights(W, M, K, io, rng, tl_w_noisy);
 
   // The tile grid (physical tiles: rows of W by max_output_size, columns by max_input_size).
   const int tile_rows = std::max(1, map.max_output_size), tile_cols = std::max(1, map.max_input_size);
@@ -352,10 +392,6 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
   const float out_step = quant_step(io.out_res, io.out_bound);
   const bool use_bm = bound_management && io.bound_management != BoundManagementType::None &&
                       io.out_bound > 0.0f;
-  const bool worst_case = use_bm && io.bound_management == BoundManagementType::IterativeWorstCase;
-  float r_limit = io.max_bm_factor;
-  const float inp_frac = res_fraction(io.inp_res);
-  if (inp_frac > 0.0f) r_limit = std::min(r_limit, io.max_bm_res / inp_frac);
 
   // Per-row state shared by the workers (each row is written by one worker only).
   static thread_local std::vector<float> tl_s, tl_r;
@@ -367,25 +403,13 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
   s.resize(N);
   r.resize(N);
 
-  auto noise_scale = [&](const float *x, int Li, float *amax_out) {
+  auto row_scale = [&](const float *x, int Li, float *amax_out) {
     float amax, mx;
     int nan;
     IO_CALL(scan_row, (x, Li, &amax, &mx, &nan));
     if (nan) amax = NAN;  // a NaN input makes the scale NaN
-    float sn;
-    switch (io.noise_management) {
-      case NoiseManagementType::None: sn = 1.0f; break;
-      case NoiseManagementType::Max: sn = mx > 0.0f ? mx : amax; break;
-      case NoiseManagementType::Constant: sn = io.nm_thres > 0.0f ? io.nm_thres : 1.0f; break;
-      case NoiseManagementType::AverageAbsMax:
-      case NoiseManagementType::AbsMax:
-      default:
-        sn = amax;
-        if (io.nm_thres > 0.0f && sn > io.nm_thres) sn = io.nm_thres;
-    }
     *amax_out = amax;
-    // A row of zeros gives zero output whatever the scale; a row with NaN gives NaN.
-    return amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
+    return noise_scale(io, amax, mx);
   };
 
   // Loop constants as locals: the output buffers are float*, so without this the compiler must
@@ -406,7 +430,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
       // The batch-wide scale needs every row first.
       std::vector<float> amax_row(N);
       parallel_for(N, 16, [&](int64_t b, int64_t e) {
-        for (int64_t n = b; n < e; ++n) s[n] = noise_scale(X + n * in + bl.i0, Li, &amax_row[n]);
+        for (int64_t n = b; n < e; ++n) s[n] = row_scale(X + n * in + bl.i0, Li, &amax_row[n]);
       });
       double avg = 0.0;
       for (int n = 0; n < N; ++n) avg += amax_row[n];
@@ -442,7 +466,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
       const int n = rows[a];
       if (it == 0 && !average_nm) {
         float amax;
-        s[n] = noise_scale(X + (int64_t)n * in + bl.i0, Li, &amax);
+        s[n] = row_scale(X + (int64_t)n * in + bl.i0, Li, &amax);
       }
       if (s[n] == 0.0f) {
         if (!accumulate) std::memset(Y + (int64_t)n * out + bl.o0, 0, sizeof(float) * Lo);
@@ -450,7 +474,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
       }
       const float *x = X + (int64_t)n * in + bl.i0;
       const float f = 1.0f / (s[n] * r[n]);
-      const uint64_t base = ((uint64_t)n * n_blocks + bl.id) << kLocalBits;
+      const uint64_t base = noise_base(n, (int)n_blocks, bl.id);
       const float *u = nullptr, *z = nullptr;
       if (inp_sto) {
         fill_uniform(tmp, Li, rng, TAG_INP_STO_ROUND, it, base);
@@ -467,17 +491,8 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     // Bound management (SPEC §1.8) for active row a whose output saturated: true if it is redone.
     auto retry = [&](int a, int it) -> bool {
       const int n = rows[a];
-      float r_next = 2.0f * r[n];
-      if (worst_case && it == 0) {
-        // Worst case: the input L1 norm times the largest |A| entry of this tile.
-        const float *x = X + (int64_t)n * in + bl.i0;
-        double l1 = 0.0;
-        for (int i = 0; i < Li; ++i) l1 += fabsf(x[i]) / (s[n] * r[n]);
-        float rw = (float)(l1 * tile_wmax() / out_bound) * r[n];
-        r_next = fmaxf(r_next, std::exp2(std::ceil(std::log2(fmaxf(rw, 1.0f)))));
-        r_next = fminf(r_next, r_limit);
-      }
-      if (r_next <= r_limit && r_next > r[n]) {
+      const float r_next = bound_management_factor(io, it, s[n], r[n], X + (int64_t)n * in + bl.i0, Li, tile_wmax);
+      if (r_next > 0.0f) {
         r[n] = r_next;
         redo[a] = 1;
         return true;
@@ -488,7 +503,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     // The final ADC of an accepted row when it was not fused with the noise pass.
     auto finish_row = [&](int a, int it, const float *y, float *tmp) {
       const int n = rows[a];
-      const uint64_t base = ((uint64_t)n * n_blocks + bl.id) << kLocalBits;
+      const uint64_t base = noise_base(n, (int)n_blocks, bl.id);
       const float *u = nullptr;
       if (out_sto) {
         fill_uniform(tmp, Lo, rng, TAG_OUT_STO_ROUND, it, base);
@@ -534,7 +549,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
               for (int k = 0; k < na; ++k) {
                 const int n = rows[actp[k]];
                 float *y = ybp + (int64_t)k * Lo + c0;
-                const uint64_t base = ((uint64_t)n * n_blocks + bl.id) << kLocalBits;
+                const uint64_t base = noise_base(n, (int)n_blocks, bl.id);
                 const float *zp = nullptr;
                 if (out_noise > 0.0f) {
                   fill_normal(z.data(), Lc, rng, TAG_OUT_NOISE, it, base + (uint64_t)c0);
@@ -582,7 +597,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
               const int a = act[k];
               const int n = rows[a];
               float *y = yb.data() + (int64_t)k * Lo;
-              const uint64_t base = ((uint64_t)n * n_blocks + bl.id) << kLocalBits;
+              const uint64_t base = noise_base(n, (int)n_blocks, bl.id);
               const float *z = nullptr;
               if (out_noise > 0.0f) {
                 fill_normal(tmp.data(), Lo, rng, TAG_OUT_NOISE, it, base);

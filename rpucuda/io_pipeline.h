@@ -4,6 +4,8 @@
 // torch.library op and the onnxruntime kernel.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 #include "parameters.h"
 
@@ -24,5 +26,33 @@ struct MVMCall {
 void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N, float *Y,
             const IOParameters &io, const MappingParameter &map, bool bound_management,
             const float *alpha, int n_alpha, const MVMCall &rng);
+
+// Steps of the pipeline that the convolution pipeline (io_conv.h) shares with io_mvm.
+
+// The random numbers of a call: element i (input or output index within the tile) of row n on
+// tile `block` (tiles numbered output chunk major, n_blocks in all) is number
+// noise_base(n, n_blocks, block) + i of each stream (tag, iteration).
+constexpr int kNoiseLocalBits = 20;  // tile sizes are below 2^20, see validate()
+inline uint64_t noise_base(int64_t n, int n_blocks, int block) {
+  return ((uint64_t)n * (uint64_t)n_blocks + (uint64_t)block) << kNoiseLocalBits;
+}
+
+// The weights one call reads (SPEC §1.5): W itself, or with weight read noise a noisy copy of
+// the M x K weights in `buffer` (normal number i of the call for weight i).
+const float *read_weights(const float *W, int M, int K, const IOParameters &io, const MVMCall &rng,
+                          std::vector<float> &buffer);
+
+// Noise management (SPEC §1.3): the scale s of one input vector from its max |x| (amax, NaN if
+// the vector has a NaN) and its max x; 0 for a zero vector (whose output is 0).
+float noise_scale(const IOParameters &io, float amax, float mx);
+
+// Bound management (SPEC §1.8) of a vector whose output saturated at iteration `it` with scale s
+// and factor r: the next factor, or 0 if the output is accepted as it is.  x: the Li inputs of
+// the tile; tile_wmax: the largest |weight| of the tile (asked only for the worst case).
+float bound_management_factor(const IOParameters &io, int it, float s, float r, const float *x, int Li,
+                              const std::function<float()> &tile_wmax);
+
+// The largest factor bound management may reach for these parameters.
+float bound_management_limit(const IOParameters &io);
 
 }  // namespace rpu

@@ -42,68 +42,103 @@ void philox_lanes_generic(uint32_t lo, int n, uint32_t hi, uint32_t c2, uint32_t
   }
 }
 
+// The same for per-lane counters (lo[l], hi[l], c2, c3), l = 0 .. n-1.
+void philox_ctr_lanes_generic(const uint32_t *lo, const uint32_t *hi, int n, uint32_t c2, uint32_t c3, uint32_t k0,
+                              uint32_t k1, uint32_t (*w)[kLanes]) {
+#pragma omp simd
+  for (int l = 0; l < n; ++l) {
+    Philox4 b = philox4x32_10(lo[l], hi[l], c2, c3, k0, k1);
+    w[0][l] = b.v[0];
+    w[1][l] = b.v[1];
+    w[2][l] = b.v[2];
+    w[3][l] = b.v[3];
+  }
+}
+
 #ifdef RPU_RNG_X86
 // 8 blocks at a time (32x32 -> 64-bit products of the even and odd lanes with vpmuludq).
+// The 10 rounds on 8 counters (x0 .. x3), results stored to w[.][l .. l+7].
+__attribute__((target("avx2"))) inline __attribute__((always_inline)) void philox_rounds_avx2(
+    __m256i x0, __m256i x1, __m256i x2, __m256i x3, uint32_t ka, uint32_t kb, uint32_t (*w)[kLanes], int l) {
+  const __m256i M0 = _mm256_set1_epi32((int)0xD2511F53u), M1 = _mm256_set1_epi32((int)0xCD9E8D57u);
+  for (int r = 0; r < 10; ++r) {
+    const __m256i pe0 = _mm256_mul_epu32(x0, M0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(x0, 32), M0);
+    const __m256i pe1 = _mm256_mul_epu32(x2, M1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(x2, 32), M1);
+    const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
+    const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
+    const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
+    const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
+    x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32((int)ka));
+    x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32((int)kb));
+    x1 = lo1;
+    x3 = lo0;
+    ka += 0x9E3779B9u;
+    kb += 0xBB67AE85u;
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i *>(w[0] + l), x0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i *>(w[1] + l), x1);
+  _mm256_storeu_si256(reinterpret_cast<__m256i *>(w[2] + l), x2);
+  _mm256_storeu_si256(reinterpret_cast<__m256i *>(w[3] + l), x3);
+}
+
 __attribute__((target("avx2"))) void philox_lanes_avx2(uint32_t lo, int n, uint32_t hi, uint32_t c2, uint32_t c3,
                                                          uint32_t k0, uint32_t k1, uint32_t (*w)[kLanes]) {
-  const __m256i M0 = _mm256_set1_epi32((int)0xD2511F53u), M1 = _mm256_set1_epi32((int)0xCD9E8D57u);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int l = 0; l < n; l += 8) {
-    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32((int)(lo + (uint32_t)l)), lane);
-    __m256i x1 = _mm256_set1_epi32((int)hi), x2 = _mm256_set1_epi32((int)c2), x3 = _mm256_set1_epi32((int)c3);
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < 10; ++r) {
-      const __m256i pe0 = _mm256_mul_epu32(x0, M0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(x0, 32), M0);
-      const __m256i pe1 = _mm256_mul_epu32(x2, M1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(x2, 32), M1);
-      const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
-      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
-      const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
-      const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
-      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), _mm256_set1_epi32((int)ka));
-      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), _mm256_set1_epi32((int)kb));
-      x1 = lo1;
-      x3 = lo0;
-      ka += 0x9E3779B9u;
-      kb += 0xBB67AE85u;
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w[0] + l), x0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w[1] + l), x1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w[2] + l), x2);
-    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w[3] + l), x3);
-  }
+  for (int l = 0; l < n; l += 8)
+    philox_rounds_avx2(_mm256_add_epi32(_mm256_set1_epi32((int)(lo + (uint32_t)l)), lane), _mm256_set1_epi32((int)hi),
+                       _mm256_set1_epi32((int)c2), _mm256_set1_epi32((int)c3), k0, k1, w, l);
+}
+
+__attribute__((target("avx2"))) void philox_ctr_lanes_avx2(const uint32_t *lo, const uint32_t *hi, int n, uint32_t c2,
+                                                             uint32_t c3, uint32_t k0, uint32_t k1,
+                                                             uint32_t (*w)[kLanes]) {
+  for (int l = 0; l < n; l += 8)
+    philox_rounds_avx2(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(lo + l)),
+                       _mm256_loadu_si256(reinterpret_cast<const __m256i *>(hi + l)), _mm256_set1_epi32((int)c2),
+                       _mm256_set1_epi32((int)c3), k0, k1, w, l);
 }
 
 // 16 blocks at a time.  (GCC 12 warns about _mm512_undefined_epi32() inside its own header.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) inline __attribute__((always_inline)) void philox_rounds_avx512(
+    __m512i x0, __m512i x1, __m512i x2, __m512i x3, uint32_t ka, uint32_t kb, uint32_t (*w)[kLanes], int l) {
+  const __m512i M0 = _mm512_set1_epi32((int)0xD2511F53u), M1 = _mm512_set1_epi32((int)0xCD9E8D57u);
+  for (int r = 0; r < 10; ++r) {
+    const __m512i pe0 = _mm512_mul_epu32(x0, M0), po0 = _mm512_mul_epu32(_mm512_srli_epi64(x0, 32), M0);
+    const __m512i pe1 = _mm512_mul_epu32(x2, M1), po1 = _mm512_mul_epu32(_mm512_srli_epi64(x2, 32), M1);
+    const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, pe0, _mm512_slli_epi64(po0, 32));
+    const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe0, 32), po0);
+    const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, pe1, _mm512_slli_epi64(po1, 32));
+    const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe1, 32), po1);
+    x0 = _mm512_ternarylogic_epi32(hi1, x1, _mm512_set1_epi32((int)ka), 0x96);
+    x2 = _mm512_ternarylogic_epi32(hi0, x3, _mm512_set1_epi32((int)kb), 0x96);
+    x1 = lo1;
+    x3 = lo0;
+    ka += 0x9E3779B9u;
+    kb += 0xBB67AE85u;
+  }
+  _mm512_storeu_si512(w[0] + l, x0);
+  _mm512_storeu_si512(w[1] + l, x1);
+  _mm512_storeu_si512(w[2] + l, x2);
+  _mm512_storeu_si512(w[3] + l, x3);
+}
+
 __attribute__((target("avx512f"))) void philox_lanes_avx512(uint32_t lo, int n, uint32_t hi, uint32_t c2,
                                                               uint32_t c3, uint32_t k0, uint32_t k1,
                                                               uint32_t (*w)[kLanes]) {
-  const __m512i M0 = _mm512_set1_epi32((int)0xD2511F53u), M1 = _mm512_set1_epi32((int)0xCD9E8D57u);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int l = 0; l < n; l += 16) {
-    __m512i x0 = _mm512_add_epi32(_mm512_set1_epi32((int)(lo + (uint32_t)l)), lane);
-    __m512i x1 = _mm512_set1_epi32((int)hi), x2 = _mm512_set1_epi32((int)c2), x3 = _mm512_set1_epi32((int)c3);
-    uint32_t ka = k0, kb = k1;
-    for (int r = 0; r < 10; ++r) {
-      const __m512i pe0 = _mm512_mul_epu32(x0, M0), po0 = _mm512_mul_epu32(_mm512_srli_epi64(x0, 32), M0);
-      const __m512i pe1 = _mm512_mul_epu32(x2, M1), po1 = _mm512_mul_epu32(_mm512_srli_epi64(x2, 32), M1);
-      const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, pe0, _mm512_slli_epi64(po0, 32));
-      const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe0, 32), po0);
-      const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, pe1, _mm512_slli_epi64(po1, 32));
-      const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe1, 32), po1);
-      x0 = _mm512_ternarylogic_epi32(hi1, x1, _mm512_set1_epi32((int)ka), 0x96);
-      x2 = _mm512_ternarylogic_epi32(hi0, x3, _mm512_set1_epi32((int)kb), 0x96);
-      x1 = lo1;
-      x3 = lo0;
-      ka += 0x9E3779B9u;
-      kb += 0xBB67AE85u;
-    }
-    _mm512_storeu_si512(w[0] + l, x0);
-    _mm512_storeu_si512(w[1] + l, x1);
-    _mm512_storeu_si512(w[2] + l, x2);
-    _mm512_storeu_si512(w[3] + l, x3);
-  }
+  for (int l = 0; l < n; l += 16)
+    philox_rounds_avx512(_mm512_add_epi32(_mm512_set1_epi32((int)(lo + (uint32_t)l)), lane), _mm512_set1_epi32((int)hi),
+                         _mm512_set1_epi32((int)c2), _mm512_set1_epi32((int)c3), k0, k1, w, l);
+}
+
+__attribute__((target("avx512f"))) void philox_ctr_lanes_avx512(const uint32_t *lo, const uint32_t *hi, int n,
+                                                                  uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
+                                                                  uint32_t (*w)[kLanes]) {
+  for (int l = 0; l < n; l += 16)
+    philox_rounds_avx512(_mm512_loadu_si512(lo + l), _mm512_loadu_si512(hi + l), _mm512_set1_epi32((int)c2),
+                         _mm512_set1_epi32((int)c3), k0, k1, w, l);
 }
 #pragma GCC diagnostic pop
 #endif
@@ -152,7 +187,43 @@ inline __attribute__((always_inline)) void uniform_body(const uint32_t (*w)[kLan
   }
 }
 
+// The same into four separate rows: o[t][l] = normal t of block l (columns layout).
+inline __attribute__((always_inline)) void box_muller_planar_body(const uint32_t (*w)[kLanes], int n,
+                                                                  float *__restrict o0, float *__restrict o1,
+                                                                  float *__restrict o2, float *__restrict o3) {
+#pragma omp simd
+  for (int l = 0; l < n; ++l) {
+    float r0 = sqrtf(-2.0f * rpu_log(u01(w[0][l])));
+    float r1 = sqrtf(-2.0f * rpu_log(u01(w[2][l])));
+    float c0, s0, c1, s1;
+    rpu_sincos_2pi(u01(w[1][l]), c0, s0);
+    rpu_sincos_2pi(u01(w[3][l]), c1, s1);
+    o0[l] = r0 * c0;
+    o1[l] = r0 * s0;
+    o2[l] = r1 * c1;
+    o3[l] = r1 * s1;
+  }
+}
+
+inline __attribute__((always_inline)) void uniform_planar_body(const uint32_t (*w)[kLanes], int n,
+                                                               float *__restrict o0, float *__restrict o1,
+                                                               float *__restrict o2, float *__restrict o3) {
+#pragma omp simd
+  for (int l = 0; l < n; ++l) {
+    o0[l] = u01(w[0][l]);
+    o1[l] = u01(w[1][l]);
+    o2[l] = u01(w[2][l]);
+    o3[l] = u01(w[3][l]);
+  }
+}
+
 void box_muller_generic(const uint32_t (*w)[kLanes], int n, float *out) { box_muller_body(w, n, out); }
+void box_muller_planar_generic(const uint32_t (*w)[kLanes], int n, float *o0, float *o1, float *o2, float *o3) {
+  box_muller_planar_body(w, n, o0, o1, o2, o3);
+}
+void uniform_planar_generic(const uint32_t (*w)[kLanes], int n, float *o0, float *o1, float *o2, float *o3) {
+  uniform_planar_body(w, n, o0, o1, o2, o3);
+}
 void uniform_generic(const uint32_t (*w)[kLanes], int n, float *out) { uniform_body(w, n, out); }
 #ifdef RPU_RNG_X86
 __attribute__((target("avx2"))) void box_muller_avx2(const uint32_t (*w)[kLanes], int n, float *out) {
@@ -163,6 +234,18 @@ __attribute__((target("avx512f,avx512dq"))) void box_muller_avx512(const uint32_
 }
 __attribute__((target("avx2"))) void uniform_avx2(const uint32_t (*w)[kLanes], int n, float *out) {
   uniform_body(w, n, out);
+}
+__attribute__((target("avx2"))) void box_muller_planar_avx2(const uint32_t (*w)[kLanes], int n, float *o0, float *o1,
+                                                              float *o2, float *o3) {
+  box_muller_planar_body(w, n, o0, o1, o2, o3);
+}
+__attribute__((target("avx512f,avx512dq"))) void box_muller_planar_avx512(const uint32_t (*w)[kLanes], int n,
+                                                                            float *o0, float *o1, float *o2, float *o3) {
+  box_muller_planar_body(w, n, o0, o1, o2, o3);
+}
+__attribute__((target("avx2"))) void uniform_planar_avx2(const uint32_t (*w)[kLanes], int n, float *o0, float *o1,
+                                                           float *o2, float *o3) {
+  uniform_planar_body(w, n, o0, o1, o2, o3);
 }
 #endif
 
@@ -206,6 +289,55 @@ void fill_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32_t sub,
   }
 }
 
+template <bool kNormal>
+inline void transform_planar(const uint32_t (*w)[kLanes], int n, float *o0, float *o1, float *o2, float *o3) {
+#ifdef RPU_RNG_X86
+  if (kNormal && g_level == 2) return box_muller_planar_avx512(w, n, o0, o1, o2, o3);
+  if (g_level >= 1)
+    return kNormal ? box_muller_planar_avx2(w, n, o0, o1, o2, o3) : uniform_planar_avx2(w, n, o0, o1, o2, o3);
+#endif
+  return kNormal ? box_muller_planar_generic(w, n, o0, o1, o2, o3) : uniform_planar_generic(w, n, o0, o1, o2, o3);
+}
+
+void philox_ctr_lanes(const uint32_t *lo, const uint32_t *hi, int n, uint32_t c2, uint32_t c3, uint32_t k0,
+                      uint32_t k1, uint32_t (*w)[kLanes]) {
+#ifdef RPU_RNG_X86
+  if (g_level == 2) return philox_ctr_lanes_avx512(lo, hi, n, c2, c3, k0, k1, w);
+  if (g_level == 1) return philox_ctr_lanes_avx2(lo, hi, n, c2, c3, k0, k1, w);
+#endif
+  philox_ctr_lanes_generic(lo, hi, n, c2, c3, k0, k1, w);
+}
+
+// Columns c0 .. c0+63 at a time: the lanes are columns, block j of every column at once.
+template <bool kNormal>
+void fill_columns(float *out, int64_t ld, int L, int n_cols, const uint64_t *base, uint64_t seed, uint32_t tag,
+                  uint32_t sub, uint64_t call) {
+  const uint32_t c3 = (tag << 24) | ((sub & 0xFFu) << 16) | (uint32_t)((call >> 32) & 0xFFFFu);
+  const uint32_t c2 = (uint32_t)call, k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+  alignas(64) uint32_t w[4][kLanes];
+  alignas(64) uint32_t lo[kLanes], hi[kLanes];
+  alignas(64) float tmp[4][kLanes];
+  for (int c0 = 0; c0 < n_cols; c0 += kLanes) {
+    const int n = std::min(kLanes, n_cols - c0);
+    const int nv = (n + 15) & ~15;  // whole vectors (the extra lanes repeat the last column)
+    for (int j = 0; 4 * j < L; ++j) {
+      for (int l = 0; l < nv; ++l) {
+        const uint64_t block = (base[c0 + std::min(l, n - 1)] >> 2) + (uint64_t)j;
+        lo[l] = (uint32_t)block;
+        hi[l] = (uint32_t)(block >> 32);
+      }
+      philox_ctr_lanes(lo, hi, nv, c2, c3, k0, k1, w);
+      float *o[4];
+      const bool direct = n == nv && 4 * j + 4 <= L;
+      for (int t = 0; t < 4; ++t) o[t] = direct ? out + (int64_t)(4 * j + t) * ld + c0 : tmp[t];
+      transform_planar<kNormal>(w, nv, o[0], o[1], o[2], o[3]);
+      if (!direct)
+        for (int t = 0; t < 4 && 4 * j + t < L; ++t)
+          std::memcpy(out + (int64_t)(4 * j + t) * ld + c0, tmp[t], sizeof(float) * n);
+    }
+  }
+}
+
 }  // namespace
 
 void philox_lanes(uint32_t lo, int n, uint32_t hi, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
@@ -227,6 +359,16 @@ void fill_normal_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32
 void fill_uniform_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32_t sub, uint64_t call,
                        uint64_t base) {
   fill_bulk<false>(out, L, seed, tag, sub, call, base);
+}
+
+void fill_normal_columns(float *out, int64_t ld, int L, int n_cols, const uint64_t *base, uint64_t seed,
+                         uint32_t tag, uint32_t sub, uint64_t call) {
+  fill_columns<true>(out, ld, L, n_cols, base, seed, tag, sub, call);
+}
+
+void fill_uniform_columns(float *out, int64_t ld, int L, int n_cols, const uint64_t *base, uint64_t seed,
+                          uint32_t tag, uint32_t sub, uint64_t call) {
+  fill_columns<false>(out, ld, L, n_cols, base, seed, tag, sub, call);
 }
 
 }  // namespace rpu

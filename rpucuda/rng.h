@@ -162,6 +162,15 @@ void fill_normal_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32
 // The same for uniforms in (0, 1).
 void fill_uniform_bulk(float *out, int64_t L, uint64_t seed, uint32_t tag, uint32_t sub, uint64_t call,
                        uint64_t base);
+// Many streams at once ("columns"): out[i * ld + c] = normal number base[c] + i of the stream,
+// for i < L and c < n_cols (every base[c] % 4 == 0).  Same values as normal_at(); one row of
+// out holds element i of every column, the layout of the convolution pipeline (io_conv.h),
+// which draws a few numbers per output position for thousands of positions.
+void fill_normal_columns(float *out, int64_t ld, int L, int n_cols, const uint64_t *base, uint64_t seed,
+                         uint32_t tag, uint32_t sub, uint64_t call);
+// The same for uniforms in (0, 1).
+void fill_uniform_columns(float *out, int64_t ld, int L, int n_cols, const uint64_t *base, uint64_t seed,
+                          uint32_t tag, uint32_t sub, uint64_t call);
 // The instruction set the bulk generator, the IO pipeline's element loops and the analog product
 // use: 0 = baseline x86-64 / portable code, 1 = AVX2 + FMA, 2 = AVX-512F; detected once.  Every
 // level gives the same values bit for bit; the environment variable RPU_SIMD (read at load time)

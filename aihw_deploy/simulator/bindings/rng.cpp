@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 #include "rng.h"
 
@@ -38,6 +39,28 @@ void bind_rng(py::module_ &m) {
   };
   m.def("normals", bulk(true), py::arg("n"), py::arg("seed"), py::arg("tag"), py::arg("sub"), py::arg("call"),
         py::arg("base") = 0, "Standard normals number base .. base+n-1 of a stream (bulk generator).");
+  auto columns = [](bool normal) {
+    return [normal](int64_t L, std::vector<uint64_t> bases, uint64_t seed, uint32_t tag, uint32_t sub, uint64_t call) {
+      if (L < 0) throw py::value_error("L must be >= 0, got " + std::to_string(L));
+      for (uint64_t b : bases)
+        if (b % 4 != 0) throw py::value_error("every base must be a multiple of 4, got " + std::to_string(b));
+      py::array_t<float> out({(py::ssize_t)L, (py::ssize_t)bases.size()});
+      float *p = out.mutable_data();
+      {
+        py::gil_scoped_release nogil;
+        const int n = (int)bases.size();
+        if (normal) rpu::fill_normal_columns(p, n, (int)L, n, bases.data(), seed, tag, sub, call);
+        else rpu::fill_uniform_columns(p, n, (int)L, n, bases.data(), seed, tag, sub, call);
+      }
+      return out;
+    };
+  };
+  m.def("normals_columns", columns(true), py::arg("L"), py::arg("bases"), py::arg("seed"), py::arg("tag"),
+        py::arg("sub"), py::arg("call"),
+        "[L, len(bases)]: column c holds the standard normals number bases[c] .. bases[c]+L-1 of the stream "
+        "(the many-streams generator of the convolution pipeline).");
+  m.def("uniforms_columns", columns(false), py::arg("L"), py::arg("bases"), py::arg("seed"), py::arg("tag"),
+        py::arg("sub"), py::arg("call"), "The same for uniforms in (0, 1).");
   m.def("uniforms", bulk(false), py::arg("n"), py::arg("seed"), py::arg("tag"), py::arg("sub"), py::arg("call"),
         py::arg("base") = 0, "Uniforms (0,1) number base .. base+n-1 of a stream (bulk generator).");
 }

@@ -4,11 +4,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
 #include "buffers.h"
+#include "im2col.h"
+#include "io_conv.h"
 #include "io_pipeline.h"
+#include "threading.h"
 #include "tile.h"
 
 namespace py = pybind11;
@@ -56,6 +60,31 @@ void check_finite(const FloatBuf &b, const char *name) {
   const int64_t n = b.numel();
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(b.ptr[i])) throw py::value_error(std::string(name) + ": contains NaN or Inf");
+}
+
+// The convolution geometry of input x [N, C_total, *spatial] for the channels
+// channel_offset .. channel_offset+channels-1 (one group).
+ConvShape conv_geometry(const FloatBuf &x, const std::vector<int64_t> &kernel, const std::vector<int64_t> &stride,
+                        const std::vector<int64_t> &padding, const std::vector<int64_t> &dilation,
+                        int64_t channel_offset, int64_t channels, const char *what) {
+  const int d = (int)x.shape.size() - 2;
+  if (d < 1 || d > 3)
+    throw py::value_error(std::string(what) + ": x must be [N, C, *spatial] with 1 to 3 spatial dimensions, got shape " +
+                          aihw::shape_str(x.shape));
+  for (auto *v : {&kernel, &stride, &padding, &dilation})
+    if ((int)v->size() != d)
+      throw py::value_error(std::string(what) + ": kernel_size, stride, padding and dilation need " + std::to_string(d) +
+                            " entries each for x of shape " + aihw::shape_str(x.shape));
+  if (channel_offset < 0 || channels < 1 || channel_offset + channels > x.shape[1])
+    throw py::value_error(std::string(what) + ": channels " + std::to_string(channel_offset) + " .. " +
+                          std::to_string(channel_offset + channels - 1) + " are not inside the " +
+                          std::to_string(x.shape[1]) + " channels of x");
+  ConvShape s;
+  check_valid(conv_shape(d, x.shape[0], channels, x.shape.data() + 2, kernel.data(), stride.data(), padding.data(),
+                         dilation.data(), &s),
+              what);
+  s.image_stride = x.shape[1] * s.in_volume();
+  return s;
 }
 
 py::array_t<float> copy_weights(const std::vector<float> &w, int M, int K) {
@@ -241,4 +270,132 @@ void bind_tiles(py::module_ &m) {
         py::arg("bound_management") = true, py::arg("alpha") = py::none(), py::arg("seed") = 0,
         py::arg("call") = 0, py::arg("transposed") = false,
         "The analog MVM of SPEC §1: weights [M, K], x [N, K] -> [N, M] (transposed: x [N, M] -> [N, K]).");
+
+  m.def("all_finite", [](py::object x) {
+          FloatBuf b = as_float_buffer(x, "x", false);
+          const int64_t n = b.numel();
+          const float *p = b.ptr;
+          std::atomic<bool> ok{true};
+          py::gil_scoped_release nogil;
+          parallel_for((n + 4095) / 4096, 16, [&](int64_t c0, int64_t c1) {
+            const int64_t e = std::min(n, c1 * 4096);
+            int bad = 0;
+            for (int64_t i = c0 * 4096; i < e; ++i) bad |= !std::isfinite(p[i]);
+            if (bad) ok = false;
+          });
+          return ok.load();
+        },
+        py::arg("x"), "True when the float32 tensor or array x has no NaN or Inf (a check on the thread pool).");
+
+  m.def("im2col", [](py::object x, std::vector<int64_t> kernel_size, std::vector<int64_t> stride,
+                     std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t channel_offset,
+                     int64_t channels, bool ones_column, py::object out) {
+          FloatBuf xb = as_float_buffer(x, "x", false);
+          if (channels < 0 && xb.shape.size() >= 2) channels = xb.shape[1] - channel_offset;
+          const ConvShape s = conv_geometry(xb, kernel_size, stride, padding, dilation, channel_offset, channels, "im2col");
+          float *cols;
+          py::object r = output_or_new(out, "out", s.rows(), s.cols() + (ones_column ? 1 : 0), &cols);
+          py::gil_scoped_release nogil;
+          im2col(xb.ptr + channel_offset * s.in_volume(), s, ones_column, cols, s.cols() + (ones_column ? 1 : 0));
+          return r;
+        },
+        py::arg("x"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("channel_offset") = 0, py::arg("channels") = -1, py::arg("ones_column") = false,
+        py::arg("out") = py::none(),
+        "Unfolded input of a convolution: x [N, C, *spatial] -> [N * prod(out), channels * prod(kernel_size) "
+        "(+1)]; row (n, *out position), column (channel, *kernel offset); the channels channel_offset .. "
+        "channel_offset+channels-1 (default: all); ones_column appends a column of ones.");
+
+  m.def("col2im", [](py::object cols, py::object out, std::vector<int64_t> kernel_size, std::vector<int64_t> stride,
+                     std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t channel_offset,
+                     int64_t channels, const std::string &order) {
+          if (order != "fold" && order != "unfold")
+            throw py::value_error("col2im: order must be 'fold' or 'unfold', got '" + order + "'");
+          FloatBuf ob = as_float_buffer(out, "out", true);
+          if (channels < 0 && ob.shape.size() >= 2) channels = ob.shape[1] - channel_offset;
+          const ConvShape s = conv_geometry(ob, kernel_size, stride, padding, dilation, channel_offset, channels, "col2im");
+          FloatBuf cb = as_float_buffer(cols, "cols", false);
+          if (cb.shape.size() != 2 || cb.shape[0] != s.rows() || cb.shape[1] < s.cols())
+            throw py::value_error("col2im: cols must be [" + std::to_string(s.rows()) + ", >= " + std::to_string(s.cols()) +
+                                  "] for this geometry, got shape " + aihw::shape_str(cb.shape));
+          py::gil_scoped_release nogil;
+          col2im(cb.ptr, cb.shape[1], s, order == "fold" ? Col2imOrder::Columns : Col2imOrder::NestedWindows,
+                 ob.ptr + channel_offset * s.in_volume());
+          return out;
+        },
+        py::arg("cols"), py::arg("out"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
+        py::arg("dilation"), py::arg("channel_offset") = 0, py::arg("channels") = -1, py::arg("order") = "fold",
+        "The adjoint of im2col (the gradient of the input): writes channels channel_offset .. "
+        "channel_offset+channels-1 of out [N, C, *spatial]; extra columns of cols (a ones column) are ignored.  "
+        "order='fold': sums in ascending column order (the values of torch.nn.functional.fold); 'unfold': "
+        "per dimension, innermost first, over the windows in ascending order (the gradient of F.pad + "
+        "Tensor.unfold along each dimension).");
+
+  m.def("io_conv", [](py::object weights, py::object x, py::object out, const IOParameters &io,
+                      const MappingParameter &map, std::vector<int64_t> kernel_size, std::vector<int64_t> stride,
+                      std::vector<int64_t> padding, std::vector<int64_t> dilation, int groups, bool ones_column,
+                      py::object alpha, std::vector<uint64_t> seeds, std::vector<uint64_t> calls,
+                      bool bound_management, py::object bias) {
+          check_valid(validate(io), "io");
+          check_valid(validate(map), "mapping");
+          FloatBuf wb = as_float_buffer(weights, "weights", false);
+          FloatBuf xb = as_float_buffer(x, "x", false);
+          FloatBuf ob = as_float_buffer(out, "out", true);
+          if (wb.shape.size() != 2)
+            throw py::value_error("weights: expected a 2-D matrix, got shape " + aihw::shape_str(wb.shape));
+          if (xb.shape.size() < 3)
+            throw py::value_error("x: expected [N, C, *spatial], got shape " + aihw::shape_str(xb.shape));
+          const int64_t M = wb.shape[0], C = xb.shape[1];
+          if (groups < 1 || M % groups || C % groups)
+            throw py::value_error("io_conv: groups=" + std::to_string(groups) + " must divide the " + std::to_string(M) +
+                                  " outputs and the " + std::to_string(C) + " input channels");
+          if ((int64_t)seeds.size() != groups || (int64_t)calls.size() != groups)
+            throw py::value_error("io_conv: need one seed and one call per group (groups=" + std::to_string(groups) + ")");
+          const int64_t Cg = C / groups, Mg = M / groups;
+          const ConvShape s = conv_geometry(xb, kernel_size, stride, padding, dilation, 0, Cg, "io_conv");
+          const int64_t K = s.cols() + (ones_column ? 1 : 0);
+          if (wb.shape[1] != K)
+            throw py::value_error("io_conv: weights must have " + std::to_string(K) + " columns for " + std::to_string(Cg) +
+                                  " channels per group and this kernel, got " + std::to_string(wb.shape[1]));
+          std::vector<int64_t> yshape = {s.batch, M};
+          for (int i = 3 - ((int)xb.shape.size() - 2); i < 3; ++i) yshape.push_back(s.out[i]);
+          if (ob.shape != yshape)
+            throw py::value_error("out: expected shape " + aihw::shape_str(yshape) + ", got " + aihw::shape_str(ob.shape));
+          if (s.rows() >= INT32_MAX)
+            throw py::value_error("io_conv: too many output positions (" + std::to_string(s.rows()) + ")");
+          const float *ap = nullptr;
+          int na = 0;
+          if (!alpha.is_none()) {
+            FloatBuf ab = as_float_buffer(alpha, "alpha", false);
+            const int64_t per = ab.numel() / groups;
+            if (ab.numel() % groups || (per != 1 && per != Mg))
+              throw py::value_error("alpha: expected [groups, 1] or [groups, " + std::to_string(Mg) + "] values, got shape " +
+                                    aihw::shape_str(ab.shape));
+            ap = ab.ptr;
+            na = (int)per;
+          }
+          const float *bp = nullptr;
+          if (!bias.is_none()) {
+            FloatBuf bb = as_float_buffer(bias, "bias", false);
+            if (bb.numel() != M)
+              throw py::value_error("bias: expected " + std::to_string(M) + " values, got shape " +
+                                    aihw::shape_str(bb.shape));
+            bp = bb.ptr;
+          }
+          const int64_t L = s.out_volume();
+          py::gil_scoped_release nogil;
+          for (int g = 0; g < groups; ++g)
+            io_conv(wb.ptr + g * Mg * K, (int)Mg, (int)K, xb.ptr + g * Cg * s.in_volume(), s, ones_column,
+                    ob.ptr + g * Mg * L, M * L, io, map, bound_management, ap == nullptr ? nullptr : ap + g * na, na,
+                    bp == nullptr ? nullptr : bp + g * Mg, MVMCall{seeds[g], calls[g]});
+          return out;
+        },
+        py::arg("weights"), py::arg("x"), py::arg("out"), py::arg("io"), py::arg("mapping"), py::arg("kernel_size"),
+        py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups") = 1,
+        py::arg("ones_column") = false, py::arg("alpha") = py::none(), py::arg("seeds") = std::vector<uint64_t>{0},
+        py::arg("calls") = std::vector<uint64_t>{0}, py::arg("bound_management") = true, py::arg("bias") = py::none(),
+        "Analog convolution: x [N, C, *spatial] -> out [N, M, *out] with weights [M, C/groups * prod(kernel_size) "
+        "(+1 with ones_column)] (group tiles stacked); per group the values of io_mvm on im2col(x) with that "
+        "group's seed and call, bit for bit.  alpha: [groups, 1] or [groups, M/groups]; bias: [M] digital bias "
+        "added last.");
 }

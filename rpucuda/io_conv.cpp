@@ -1,0 +1,702 @@
+// The convolution pipeline (io_conv.h).  The element steps are those of io_pipeline.cpp, written
+// for the columns layout (element i of 16 output positions side by side) with the same
+// operations in the same order, so the values are io_mvm's bit for bit; no contraction into FMA
+// (same options as io_pipeline.cpp).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+#include "io_conv.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "analog_gemm.h"
+#include "io_math.h"
+#include "rng.h"
+#include "threading.h"
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(RPU_IO_GENERIC)
+#define RPU_CONV_X86 1
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__)
+#define RPU_CONV_AI inline __attribute__((always_inline))
+#else
+#define RPU_CONV_AI inline
+#endif
+
+namespace rpu {
+namespace {
+
+// ---- element kernels on a block of columns: element (i, j) at p[i * ld + j], j < nc ------------
+
+template <typename Body>
+RPU_CONV_AI void dispatch_qc(float step, float bound, Body &body) {
+  if (step > 0.0f) {
+    if (bound > 0.0f) body.template run<true, true>();
+    else body.template run<true, false>();
+  } else {
+    if (bound > 0.0f) body.template run<false, true>();
+    else body.template run<false, false>();
+  }
+}
+
+// Noise management needs max |x| and max x of each unfolded row (scan_row_body).  Both are
+// order-independent, so they come from per-pixel maps over the channels, unfolded like the
+// input: amap = max_c |x| (NaN where a channel is NaN), mmap = max_c x (NaNs skipped).
+template <bool kHw>
+RPU_CONV_AI void pixel_maps_body(const float *__restrict x, int64_t C, int64_t V, float *__restrict amap,
+                                 float *__restrict mmap) {
+  for (int64_t v = 0; v < V; ++v) {
+    amap[v] = 0.0f;
+    mmap[v] = -INFINITY;
+  }
+  std::vector<int> nan_v(V, 0);
+  int *__restrict nan = nan_v.data();
+  for (int64_t c = 0; c < C; ++c) {
+    const float *xc = x + c * V;
+#pragma omp simd
+    for (int64_t v = 0; v < V; ++v) {
+      const float e = xc[v];
+      const float ae = fabsf(e);
+      amap[v] = ae > amap[v] ? ae : amap[v];
+      mmap[v] = e > mmap[v] ? e : mmap[v];
+      nan[v] |= (e != e);
+    }
+  }
+  for (int64_t v = 0; v < V; ++v)
+    if (nan[v]) amap[v] = NAN;
+}
+
+// Column-wise maximum of L rows (a NaN sets nan[j] and is otherwise skipped), into acc.
+template <bool kHw>
+RPU_CONV_AI void max_cols_body(const float *__restrict x, int L, int nc, int ld, float *__restrict acc,
+                               int *__restrict nan) {
+  for (int i = 0; i < L; ++i) {
+    const float *xi = x + (int64_t)i * ld;
+#pragma omp simd
+    for (int j = 0; j < nc; ++j) {
+      const float v = xi[j];
+      acc[j] = v > acc[j] ? v : acc[j];
+      nan[j] |= (v != v);
+    }
+  }
+}
+
+// DAC (dac_row_body): q = quantize_clip(x * f[j]) (+ noise * z).
+template <bool kHw>
+struct DacColsBody {
+  const float *__restrict x;
+  int L, nc, ld;
+  const float *__restrict f;
+  float step, bound, noise;
+  const float *__restrict z;
+  float *__restrict q;
+  template <bool kQ, bool kC>
+  RPU_CONV_AI void run() {
+    for (int i = 0; i < L; ++i) {
+      const float *xi = x + (int64_t)i * ld;
+      float *qi = q + (int64_t)i * ld;
+      if (z != nullptr) {
+        const float *zi = z + (int64_t)i * ld;
+#pragma omp simd
+        for (int j = 0; j < nc; ++j) {
+          const float v = quantize_clip_t<kQ, kC, false, kHw>(xi[j] * f[j], step, bound, 0.0f);
+          qi[j] = v + noise * zi[j];
+        }
+      } else {
+#pragma omp simd
+        for (int j = 0; j < nc; ++j) qi[j] = quantize_clip_t<kQ, kC, false, kHw>(xi[j] * f[j], step, bound, 0.0f);
+      }
+    }
+  }
+};
+template <bool kHw>
+RPU_CONV_AI void dac_cols_body(const float *x, int L, int nc, int ld, const float *f, float step, float bound,
+                               float noise, const float *z, float *q) {
+  DacColsBody<kHw> b{x, L, nc, ld, f, step, bound, noise, z, q};
+  dispatch_qc(step, bound, b);
+}
+
+// Output noise, saturation count and ADC in one pass (noise_sat_adc_body), in place:
+// y = g[j] * quantize_clip(y + noise * z); cnt[j] += |y + noise * z| >= sat_bound (check only).
+template <bool kHw>
+struct AdcColsBody {
+  float *__restrict y;
+  int L, nc, ld;
+  float noise;
+  const float *__restrict z;
+  bool check;
+  float sat_bound;
+  const float *__restrict g;
+  float step, bound;
+  int *__restrict cnt;
+  template <bool kQ, bool kC>
+  RPU_CONV_AI void run() {
+    for (int o = 0; o < L; ++o) {
+      float *yo = y + (int64_t)o * ld;
+      const float *zo = z == nullptr ? nullptr : z + (int64_t)o * ld;
+      if (zo != nullptr && check) {
+#pragma omp simd
+        for (int j = 0; j < nc; ++j) {
+          const float v = yo[j] + noise * zo[j];
+          cnt[j] += fabsf(v) >= sat_bound;
+          yo[j] = g[j] * quantize_clip_t<kQ, kC, false, kHw>(v, step, bound, 0.0f);
+        }
+      } else if (zo != nullptr) {
+#pragma omp simd
+        for (int j = 0; j < nc; ++j)
+          yo[j] = g[j] * quantize_clip_t<kQ, kC, false, kHw>(yo[j] + noise * zo[j], step, bound, 0.0f);
+      } else if (check) {
+#pragma omp simd
+        for (int j = 0; j < nc; ++j) {
+          const float v = yo[j];
+          cnt[j] += fabsf(v) >= sat_bound;
+          yo[j] = g[j] * quantize_clip_t<kQ, kC, false, kHw>(v, step, bound, 0.0f);
+        }
+      } else {
+#pragma omp simd
+        for (int j = 0; j < nc; ++j) yo[j] = g[j] * quantize_clip_t<kQ, kC, false, kHw>(yo[j], step, bound, 0.0f);
+      }
+    }
+  }
+};
+template <bool kHw>
+RPU_CONV_AI void adc_cols_body(float *y, int L, int nc, int ld, float noise, const float *z, bool check,
+                               float sat_bound, const float *g, float step, float bound, int *cnt) {
+  AdcColsBody<kHw> b{y, L, nc, ld, noise, z, check, sat_bound, g, step, bound, cnt};
+  dispatch_qc(step, bound, b);
+}
+
+#ifdef RPU_CONV_X86
+#define RPU_CONV_KERNEL(ret, name, params, args)                                                      \
+  ret name##_generic params { return name##_body<false> args; }                                      \
+  __attribute__((target("avx2"))) ret name##_avx2 params { return name##_body<true> args; }          \
+  __attribute__((target("avx512f"))) ret name##_avx512 params { return name##_body<true> args; }
+#define CONV_CALL(name, args) \
+  (g_simd == 2 ? name##_avx512 args : (g_simd == 1 ? name##_avx2 args : name##_generic args))
+#else
+#define RPU_CONV_KERNEL(ret, name, params, args) \
+  ret name##_generic params { return name##_body<false> args; }
+#define CONV_CALL(name, args) name##_generic args
+#endif
+
+RPU_CONV_KERNEL(void, pixel_maps, (const float *x, int64_t C, int64_t V, float *amap, float *mmap),
+                (x, C, V, amap, mmap))
+RPU_CONV_KERNEL(void, max_cols, (const float *x, int L, int nc, int ld, float *acc, int *nan), (x, L, nc, ld, acc, nan))
+RPU_CONV_KERNEL(void, dac_cols,
+                (const float *x, int L, int nc, int ld, const float *f, float step, float bound, float noise,
+                 const float *z, float *q),
+                (x, L, nc, ld, f, step, bound, noise, z, q))
+RPU_CONV_KERNEL(void, adc_cols,
+                (float *y, int L, int nc, int ld, float noise, const float *z, bool check, float sat_bound,
+                 const float *g, float step, float bound, int *cnt),
+                (y, L, nc, ld, noise, z, check, sat_bound, g, step, bound, cnt))
+
+// dst[t] = src[t] (+ *bias) for t < len.
+void store_run(const float *__restrict src, int len, const float *bias, float *__restrict dst) {
+  if (bias != nullptr) {
+    const float b = *bias;
+    for (int t = 0; t < len; ++t) dst[t] = src[t] + b;
+  } else {
+    for (int t = 0; t < len; ++t) dst[t] = src[t];
+  }
+}
+
+constexpr int kBlockRows = 64;  // output positions per block (a multiple of 16)
+constexpr int kFillRows = 16;   // unfolded rows built and converted at a time (stay in L1)
+
+#ifdef RPU_CONV_X86
+// The quantization of quantize_clip_t<true, kC, false, true> on 16 lanes without the division
+// v / step where possible.  Only floor(q + 0.5) of the quotient q = RN(v / step) matters; qa,
+// an approximation with |qa - q| < |qa| 2^-21 + 2^-148 (the callers' products of v or its
+// factors with inv = RN(1 / step) have a relative error below 5 2^-24), gives the same integer
+// n = the integer nearest to qa whenever no half-integer lies between qa and q, which holds if
+//   |qa - n| + |qa| 2^-20 < 0.5                       (general check), or
+//   |qa - n| < c = 0.5 - B 2^-19 for a bound B >= |qa|  (kBound: the caller knows B < 2^18).
+// Either also bounds |qa| < 2^19, where q + 0.5 is exact and the clamp to +-1e9 does nothing.
+// The other lanes (rare; NaN and Inf included) are computed by quantize_clip_t from the exact
+// v = exact_v().
+template <bool kC, bool kBound, typename ExactV>
+__attribute__((target("avx512f"))) RPU_CONV_AI __m512 quantize_512(__m512 qa, float step, float bound, float c,
+                                                                   const ExactV &exact_v) {
+  const __m512 n = _mm512_roundscale_ps(qa, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 e = _mm512_abs_ps(_mm512_sub_ps(qa, n));  // exact
+  __mmask16 ok;
+  if (kBound) {
+    ok = _mm512_cmp_ps_mask(e, _mm512_set1_ps(c), _CMP_LT_OQ);
+  } else {
+    const __m512 m = _mm512_fmadd_ps(_mm512_abs_ps(qa), _mm512_set1_ps(0x1p-20f), e);
+    ok = _mm512_cmp_ps_mask(m, _mm512_set1_ps(0.5f), _CMP_LT_OQ);
+  }
+  // (n + 0: floor() never gives -0)
+  __m512 r = _mm512_mul_ps(_mm512_add_ps(n, _mm512_setzero_ps()), _mm512_set1_ps(step));
+  if (kC) r = _mm512_max_ps(_mm512_min_ps(r, _mm512_set1_ps(bound)), _mm512_set1_ps(-bound));  // r is finite
+  if (ok != 0xFFFF) {
+    alignas(64) float vs[16], rs[16];
+    _mm512_store_ps(vs, exact_v());
+    _mm512_store_ps(rs, r);
+    for (int l = 0; l < 16; ++l)
+      if (!((ok >> l) & 1)) rs[l] = quantize_clip_t<true, kC, false, true>(vs[l], step, bound, 0.0f);
+    r = _mm512_load_ps(rs);
+  }
+  return r;
+}
+
+// The unfolding and the DAC (dac_cols with step > 0) of a whole block in one pass, without
+// the intermediate unfolded rows; padding enters the DAC as 0.  finv[j] = RN(f[j] / step)
+// (the check's qa = x * finv[j]); with kBound, c is the constant of the check for B.
+template <bool kC, bool kBound>
+__attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, const float *X, bool ones_column,
+                                                      int64_t K, int64_t k_cols, int nr, const float *f,
+                                                      const float *finv, float step, float bound, float c,
+                                                      float noise, const float *z, float *q, int ld) {
+  const ConvShape &s = cb.s;
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // DAC of 16 inputs x of rows j .. j+15 (mask m) into row k.
+  auto dac = [&](int64_t k, int64_t j, __mmask16 m, __m512 x) {
+    const __m512 qa = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, finv + j));
+    __m512 r = quantize_512<kC, kBound>(qa, step, bound, c,
+                                        [&] { return _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, f + j)); });
+    if (z != nullptr) r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(noise), _mm512_maskz_loadu_ps(m, z + k * ld + j)));
+    _mm512_mask_storeu_ps(q + k * ld + j, m, r);
+  };
+  auto tail = [](int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); };
+  for (int64_t k = k_cols; k < K; ++k)  // the ones column
+    for (int64_t j = 0; j < nr; j += 16) dac(k, j, tail(nr - j), _mm512_set1_ps(ones_column ? 1.0f : 0.0f));
+  const int64_t K2 = s.kernel[2], K01 = s.kernel[0] * s.kernel[1], V = s.in_volume(), st2 = s.stride[2];
+  // No padding and unit stride: every segment is a contiguous slice of the input; the K2
+  // segments of a kernel row are done together (one pass over the run).
+  if (st2 == 1 && s.padding[0] == 0 && s.padding[1] == 0 && s.padding[2] == 0) {
+    const int64_t d2 = s.dilation[2];
+    for (size_t u = 0; u < cb.runs.size(); ++u) {
+      const ColumnsBlock::Run &run = cb.runs[u];
+      for (int64_t i = 0; i < run.len; i += 16) {
+        const __mmask16 m = tail(run.len - i);
+        const int64_t j = run.j + i;
+        const __m512 fi = _mm512_maskz_loadu_ps(m, finv + j);
+        for (int64_t ch = 0; ch < s.channels; ++ch)
+          for (int64_t k01 = 0; k01 < K01; ++k01) {
+            const float *src = X + run.img + ch * V + cb.line_off[u * K01 + k01] + run.o2 + i;
+            const int64_t k0 = (ch * K01 + k01) * K2;
+            for (int64_t k2 = 0; k2 < K2; ++k2) {
+              const __m512 x = m == 0xFFFF ? _mm512_loadu_ps(src + k2 * d2) : _mm512_maskz_loadu_ps(m, src + k2 * d2);
+              __m512 r = quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c,
+                                                  [&] { return _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, f + j)); });
+              const int64_t k = k0 + k2;
+              if (z != nullptr)
+                r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(noise), _mm512_maskz_loadu_ps(m, z + k * ld + j)));
+              if (m == 0xFFFF) _mm512_storeu_ps(q + k * ld + j, r);
+              else _mm512_mask_storeu_ps(q + k * ld + j, m, r);
+            }
+          }
+      }
+    }
+    return;
+  }
+  for (size_t u = 0; u < cb.runs.size(); ++u) {
+    const ColumnsBlock::Run &run = cb.runs[u];
+    const int64_t *lo = cb.lo.data() + u * K2, *hi = cb.hi.data() + u * K2;
+    for (int64_t ch = 0; ch < s.channels; ++ch)
+      for (int64_t k01 = 0; k01 < K01; ++k01) {
+        const int64_t off = cb.line_off[u * K01 + k01];
+        const float *line = X + run.img + ch * V + off;
+        for (int64_t k2 = 0; k2 < K2; ++k2) {
+          const int64_t k = (ch * K01 + k01) * K2 + k2;
+          const int64_t a = off < 0 ? run.len : lo[k2], b = off < 0 ? run.len : hi[k2];
+          const float *src = line + (run.o2 * st2 + k2 * s.dilation[2] - s.padding[2]);  // row i at src[i * st2]
+          for (int64_t i = 0; i < run.len; i += 16) {
+            const __mmask16 m = tail(run.len - i);
+            __m512 x;
+            if (a <= i && i + 16 <= b && st2 == 1) {
+              x = _mm512_loadu_ps(src + i);
+            } else if (b <= i || i + 16 <= a) {
+              x = _mm512_setzero_ps();
+            } else {  // lanes i + l with a <= i + l < b read the input
+              const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)i), lane);
+              const __mmask16 in = _mm512_cmp_epi32_mask(idx, _mm512_set1_epi32((int)a), _MM_CMPINT_NLT) &
+                                   _mm512_cmp_epi32_mask(idx, _mm512_set1_epi32((int)b), _MM_CMPINT_LT) & m;
+              if (st2 == 1)
+                x = _mm512_maskz_loadu_ps(in, src + i);
+              else
+                x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in,
+                                             _mm512_mullo_epi32(idx, _mm512_set1_epi32((int)st2)), src, 4);
+            }
+            dac(k, run.j + i, m, x);
+          }
+        }
+      }
+  }
+}
+
+// adc_cols with step > 0.
+template <bool kC>
+__attribute__((target("avx512f"))) void adc_cols_q512(float *y, int L, int nc, int ld, float noise, const float *z,
+                                                      bool check, float sat_bound, const float *g, float step,
+                                                      float bound, int *cnt) {
+  const float inv = 1.0f / step;
+  for (int j = 0; j < nc; j += 16) {
+    const __mmask16 m = nc - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nc - j)) - 1u);
+    const __m512 gj = _mm512_maskz_loadu_ps(m, g + j);
+    __m512i c = _mm512_maskz_loadu_epi32(m, cnt + j);
+    for (int o = 0; o < L; ++o) {
+      float *yo = y + (int64_t)o * ld + j;
+      __m512 v = _mm512_maskz_loadu_ps(m, yo);
+      if (z != nullptr)
+        v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(noise), _mm512_maskz_loadu_ps(m, z + (int64_t)o * ld + j)));
+      if (check) {
+        const __mmask16 sat = _mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(sat_bound), _CMP_GE_OQ);
+        c = _mm512_mask_add_epi32(c, sat, c, _mm512_set1_epi32(1));
+      }
+      const __m512 r = quantize_512<kC, false>(_mm512_mul_ps(v, _mm512_set1_ps(inv)), step, bound, 0.0f,
+                                               [&] { return v; });
+      _mm512_mask_storeu_ps(yo, m, _mm512_mul_ps(gj, r));
+    }
+    _mm512_mask_storeu_epi32(cnt + j, m, c);
+  }
+}
+#endif
+
+// The DAC of a block (the template kernels; the AVX-512 path is fill_dac_q512).
+void dac_cols(int g_simd, const float *x, int L, int nc, int ld, const float *f, float step, float bound,
+              float noise, const float *z, float *q) {
+  CONV_CALL(dac_cols, (x, L, nc, ld, f, step, bound, noise, z, q));
+}
+
+// Rows 0 .. K-1 of a block (cb) unfolded and through the DAC into q.  amax: the largest |x| of
+// each position (used for the bound of the fast quantization check).
+void fill_dac(const ColumnsBlock &cb, const float *X, bool ones_column, int K, int nr, int ld, const float *f,
+              const float *amax, float step, float bound, float noise, const float *z, float *q) {
+  const int g_simd = simd_level();
+  const int64_t k_cols = K - (ones_column ? 1 : 0);
+#ifdef RPU_CONV_X86
+  if (g_simd == 2 && step > 0.0f) {
+    alignas(64) float finv[kBlockRows];
+    const float inv = 1.0f / step;
+    float B = 0.0f;  // >= every |x * finv[j]| of the block (NaN if unknown)
+    for (int j = 0; j < nr; ++j) {
+      finv[j] = f[j] * inv;
+      const float t = amax[j] * finv[j] * (1.0f + 0x1p-20f);
+      B = (t > B || t != t) ? t : B;
+    }
+    auto run = [&](auto kc, auto kb, float c) {
+      fill_dac_q512<decltype(kc)::value, decltype(kb)::value>(cb, X, ones_column, K, k_cols, nr, f, finv, step, bound,
+                                                              c, noise, z, q, ld);
+    };
+    using T = std::true_type;
+    using F = std::false_type;
+    if (B < 0x1p18f) {
+      const float c = 0.5f - B * 0x1p-19f;
+      if (bound > 0.0f) run(T{}, T{}, c);
+      else run(F{}, T{}, c);
+    } else {
+      if (bound > 0.0f) run(T{}, F{}, 0.0f);
+      else run(F{}, F{}, 0.0f);
+    }
+    return;
+  }
+#endif
+  for (int k = 0; k < K; k += kFillRows) {
+    const int kn = std::min(kFillRows, K - k);
+    float *qk = q + (int64_t)k * ld;
+    cb.fill(X, ones_column, k, k + kn, qk, ld);
+    dac_cols(g_simd, qk, kn, nr, ld, f, step, bound, noise, z == nullptr ? nullptr : z + (int64_t)k * ld, qk);
+  }
+}
+
+void adc_cols(int g_simd, float *y, int L, int nc, int ld, float noise, const float *z, bool check, float sat_bound,
+              const float *g, float step, float bound, int *cnt) {
+#ifdef RPU_CONV_X86
+  if (g_simd == 2 && step > 0.0f) {
+    if (bound > 0.0f) adc_cols_q512<true>(y, L, nc, ld, noise, z, check, sat_bound, g, step, bound, cnt);
+    else adc_cols_q512<false>(y, L, nc, ld, noise, z, check, sat_bound, g, step, bound, cnt);
+    return;
+  }
+#endif
+  CONV_CALL(adc_cols, (y, L, nc, ld, noise, z, check, sat_bound, g, step, bound, cnt));
+}
+
+
+
+// A stretch of a block's positions inside one image: positions l .. l+len-1 of image n are
+// columns j .. j+len-1 of the block.
+struct Run {
+  int64_t n, l;
+  int len, j;
+};
+
+void block_runs(int64_t r0, int nr, int64_t L, std::vector<Run> &runs) {
+  runs.clear();
+  for (int j = 0; j < nr;) {
+    const int64_t r = r0 + j;
+    Run u{r / L, r % L, 0, j};
+    u.len = (int)std::min<int64_t>(L - u.l, nr - j);
+    runs.push_back(u);
+    j += u.len;
+  }
+}
+
+// The fallback: the unfolded input in memory, io_mvm, then the layout change.
+void io_conv_unfolded(const float *W, int M, int K, const float *X, const ConvShape &s, bool ones_column, float *Y,
+                      int64_t y_image_stride, const IOParameters &io, const MappingParameter &map,
+                      bool bound_management, const float *alpha, int n_alpha, const float *bias,
+                      const MVMCall &rng) {
+  const int64_t rows = s.rows(), L = s.out_volume();
+  std::vector<float> cols((size_t)rows * K), yr((size_t)rows * M);
+  im2col(X, s, ones_column, cols.data(), K);
+  io_mvm(W, M, K, false, cols.data(), (int)rows, yr.data(), io, map, bound_management, alpha, n_alpha, rng);
+  parallel_for(s.batch * M, 4, [&](int64_t b, int64_t e) {
+    for (int64_t q = b; q < e; ++q) {
+      const int64_t n = q / M, o = q % M;
+      float *y = Y + n * y_image_stride + o * L;
+      const float *src = yr.data() + n * L * M + o;
+      if (bias != nullptr)
+        for (int64_t l = 0; l < L; ++l) y[l] = src[l * M] + bias[o];
+      else
+        for (int64_t l = 0; l < L; ++l) y[l] = src[l * M];
+    }
+  });
+}
+
+}  // namespace
+
+void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, bool ones_column, float *Y,
+             int64_t y_image_stride, const IOParameters &io, const MappingParameter &map, bool bound_management,
+             const float *alpha, int n_alpha, const float *bias, const MVMCall &rng) {
+  const int64_t rows = s.rows(), L = s.out_volume();
+  if (rows <= 0 || M <= 0) return;
+  const int g_simd = simd_level();
+  const float inp_step = quant_step(io.inp_res, io.inp_bound);
+  const float out_step = quant_step(io.out_res, io.out_bound);
+  const int tile_rows = std::max(1, map.max_output_size), tile_cols = std::max(1, map.max_input_size);
+  const bool columns_path =
+      io.is_perfect || (K <= tile_cols && !(io.inp_sto_round && inp_step > 0.0f) &&
+                        !(io.out_sto_round && out_step > 0.0f) &&
+                        io.noise_management != NoiseManagementType::AverageAbsMax);
+  if (!columns_path) {
+    io_conv_unfolded(W, M, K, X, s, ones_column, Y, y_image_stride, io, map, bound_management, alpha, n_alpha, bias,
+                     rng);
+    return;
+  }
+
+  // Output scale and drift compensation of output o (apply_alpha_scale of io_mvm).
+  const bool scaled = io.out_scale != 1.0f || alpha != nullptr;
+  auto out_factor = [&](int o) {
+    const float a = alpha == nullptr ? 1.0f : (n_alpha == 1 ? alpha[0] : alpha[o]);
+    return io.out_scale * a;
+  };
+
+  static thread_local std::vector<float> tl_w_noisy;
+  const float *Wu = io.is_perfect ? W : read_weights(W, M, K, io, rng, tl_w_noisy);
+  // Tiles along the output only (K fits one tile): tile b = outputs b * tile_rows ...
+  const int n_blocks = io.is_perfect ? 1 : (M + tile_rows - 1) / tile_rows;
+  const int out_chunk = io.is_perfect ? M : tile_rows;
+  const bool use_bm = bound_management && io.bound_management != BoundManagementType::None && io.out_bound > 0.0f;
+  const float inp_bound = io.inp_bound, out_bound = io.out_bound;
+  const float inp_noise = io.inp_noise, out_noise = io.out_noise;
+  // Largest |weight| of each tile, for worst-case bound management (computed when first needed).
+  std::vector<float> wmax(n_blocks, 0.0f);
+  std::vector<std::once_flag> wmax_once(n_blocks);
+  auto tile_wmax = [&](int b) {
+    std::call_once(wmax_once[b], [&] {
+      float m = 0.0f;
+      const int o0 = b * out_chunk, o1 = std::min(M, o0 + out_chunk);
+      for (int o = o0; o < o1; ++o)
+        for (int i = 0; i < K; ++i) m = fmaxf(m, fabsf(Wu[(int64_t)o * K + i]));
+      wmax[b] = m;
+    });
+    return wmax[b];
+  };
+
+  // Bound management of one output position whose output on tile b saturated at iteration 0
+  // (scale sn): the iterations of io_mvm's rows, one position at a time (rare).
+  auto redo_position = [&](int64_t r, int b, float sn, float *x, float *q, float *y, float *z) {
+    const int o0 = b * out_chunk, Lo = std::min(M, o0 + out_chunk) - o0;
+    const float *A = Wu + (int64_t)o0 * K;
+    im2col_row(X, s, ones_column, r, x);
+    const std::function<float()> wm = [&] { return tile_wmax(b); };
+    float rf = bound_management_factor(io, 0, sn, 1.0f, x, K, wm);
+    if (rf == 0.0f) return;  // accepted as computed
+    const uint64_t base = noise_base(r, n_blocks, b);
+    for (int it = 1;; ++it) {
+      const float f = 1.0f / (sn * rf);
+      if (inp_noise > 0.0f) fill_normal_bulk(z, K, rng.seed, TAG_INP_NOISE, (uint32_t)it, rng.call, base);
+      for (int i = 0; i < K; ++i) {
+        q[i] = quantize_clip(x[i] * f, inp_step, inp_bound, false, 0.0f);
+        if (inp_noise > 0.0f) q[i] += inp_noise * z[i];
+      }
+      for (int o = 0; o < Lo; ++o) y[o] = analog_dot16_ref(q, A + (int64_t)o * K, K);
+      if (out_noise > 0.0f) fill_normal_bulk(z, Lo, rng.seed, TAG_OUT_NOISE, (uint32_t)it, rng.call, base);
+      int cnt = 0;
+      const float g = sn * rf;
+      for (int o = 0; o < Lo; ++o) {
+        const float v = out_noise > 0.0f ? y[o] + out_noise * z[o] : y[o];
+        cnt += fabsf(v) >= out_bound;
+        y[o] = g * quantize_clip(v, out_step, out_bound, false, 0.0f);
+      }
+      if (cnt > 0) {
+        const float next = bound_management_factor(io, it, sn, rf, x, K, wm);
+        if (next > 0.0f) {
+          rf = next;
+          continue;
+        }
+      }
+      break;
+    }
+    float *yn = Y + (r / L) * y_image_stride + r % L;
+    for (int o = 0; o < Lo; ++o) {
+      float v = scaled ? y[o] * out_factor(o0 + o) : y[o];
+      if (bias != nullptr) v = v + bias[o0 + o];
+      yn[(int64_t)(o0 + o) * L] = v;
+    }
+  };
+
+  // The blocks are unfolded from a zero-padded copy of the input (geometry sp, no padding): the
+  // same elements, and no padding cases in the unfolding loops.
+  std::vector<float> x_padded;
+  const float *Xu = X;
+  ConvShape sp = s;
+  if (s.padding[0] > 0 || s.padding[1] > 0 || s.padding[2] > 0) {
+    for (int d = 0; d < 3; ++d) {
+      sp.in[d] = s.in[d] + 2 * s.padding[d];
+      sp.padding[d] = 0;
+    }
+    sp.image_stride = s.channels * sp.in_volume();
+    x_padded.resize((size_t)(s.batch * sp.image_stride));
+    float *xp = x_padded.data();
+    parallel_for(s.batch * s.channels, 4, [&](int64_t b, int64_t e) {
+      for (int64_t q = b; q < e; ++q) {
+        const int64_t n = q / s.channels, c = q % s.channels;
+        const float *src = X + n * s.image_stride + c * s.in_volume();
+        float *dst = xp + q * sp.in_volume();
+        std::memset(dst, 0, sizeof(float) * sp.in_volume());
+        for (int64_t i0 = 0; i0 < s.in[0]; ++i0)
+          for (int64_t i1 = 0; i1 < s.in[1]; ++i1)
+            std::memcpy(dst + ((i0 + s.padding[0]) * sp.in[1] + i1 + s.padding[1]) * sp.in[2] + s.padding[2],
+                        src + (i0 * s.in[1] + i1) * s.in[2], sizeof(float) * s.in[2]);
+      }
+    });
+    Xu = xp;
+  }
+  // Noise-management maps of every image (see pixel_maps_body), unfolded per block as a
+  // one-channel input with the same geometry.
+  ConvShape ms = sp;
+  ms.channels = 1;
+  ms.image_stride = sp.in_volume();
+  const int64_t V = sp.in_volume(), kv = s.kernel_volume();
+  std::vector<float> amap, mmap;
+  if (!io.is_perfect) {
+    amap.resize((size_t)(s.batch * V));
+    mmap.resize((size_t)(s.batch * V));
+    parallel_for(s.batch, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n)
+        CONV_CALL(pixel_maps, (Xu + n * sp.image_stride, s.channels, V, amap.data() + n * V, mmap.data() + n * V));
+    });
+  }
+
+  const int max_lo = std::min(M, out_chunk);
+  const int64_t n_items = (rows + kBlockRows - 1) / kBlockRows;
+  // Blocks are handed out one at a time (a core slowed by other work takes fewer); every value
+  // depends on its block only.
+  std::atomic<int64_t> next_item{0};
+  parallel_for(std::min<int64_t>(n_items, get_num_threads()), 1, [&](int64_t, int64_t) {
+    constexpr int R = kBlockRows;
+    // (locals, not thread_local: the hot loops must not reach them through the TLS machinery)
+    std::vector<float> qt, yt, zt, mt, xrow, qrow, yrow, zrow;
+    std::vector<Run> runs;
+    ColumnsBlock cb, mb;
+    qt.resize((size_t)K * R);
+    yt.resize((size_t)max_lo * R);
+    if (!io.is_perfect) {
+      zt.resize((size_t)std::max(K, max_lo) * R);
+      mt.resize((size_t)kv * R);
+    }
+    alignas(64) float amax[R], mx[R], sn[R], f[R], g[R];
+    alignas(64) int nan[R], cnt[R];
+    alignas(64) uint64_t base[R];
+    for (int64_t item = next_item++; item < n_items; item = next_item++) {
+      const int64_t r0 = item * R;
+      const int nr = (int)std::min<int64_t>(R, rows - r0);
+      cb.prepare(sp, r0, nr);
+      block_runs(r0, nr, L, runs);
+      auto store = [&](int o0, int Lo) {
+        for (int o = 0; o < Lo; ++o) {
+          float *yo = yt.data() + (int64_t)o * R;
+          if (scaled) {
+            const float fo = out_factor(o0 + o);
+            for (int j = 0; j < nr; ++j) yo[j] *= fo;
+          }
+          for (const Run &u : runs)
+            store_run(yo + u.j, u.len, bias == nullptr ? nullptr : bias + o0 + o,
+                      Y + u.n * y_image_stride + (int64_t)(o0 + o) * L + u.l);
+        }
+      };
+      if (io.is_perfect) {
+        cb.fill(Xu, ones_column, 0, K, qt.data(), R);
+        analog_gemm_columns(nr, M, K, qt.data(), R, W, K, yt.data(), R);
+        store(0, M);
+        continue;
+      }
+      // Noise management: one scale per position, the same on every tile (one tile along the input).
+      mb.prepare(ms, r0, nr);
+      for (int j = 0; j < nr; ++j) {
+        amax[j] = ones_column ? 1.0f : 0.0f;
+        mx[j] = ones_column ? 1.0f : -INFINITY;
+        nan[j] = 0;
+        cnt[j] = 0;
+      }
+      mb.fill(amap.data(), false, 0, kv, mt.data(), R);
+      CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, amax, nan));
+      mb.fill(mmap.data(), false, 0, kv, mt.data(), R);
+      CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, mx, cnt));  // (cnt: scratch, mmap has no NaN)
+      bool any_zero = false;
+      for (int j = 0; j < nr; ++j) {
+        sn[j] = noise_scale(io, nan[j] ? NAN : amax[j], mx[j]);
+        any_zero |= sn[j] == 0.0f;
+        // A zero position's output is 0; its DAC input 0 (f = 0) instead of 0 * inf.
+        f[j] = sn[j] == 0.0f ? 0.0f : 1.0f / (sn[j] * 1.0f);
+        g[j] = sn[j] * 1.0f;
+      }
+      for (int blk = 0; blk < n_blocks; ++blk) {
+        const int o0 = blk * out_chunk, Lo = std::min(M, o0 + out_chunk) - o0;
+        for (int j = 0; j < nr; ++j) base[j] = noise_base(r0 + j, n_blocks, blk);
+        if (blk == 0 || inp_noise > 0.0f) {  // the DAC (input noise differs per tile)
+          if (inp_noise > 0.0f) fill_normal_columns(zt.data(), R, K, nr, base, rng.seed, TAG_INP_NOISE, 0, rng.call);
+          fill_dac(cb, Xu, ones_column, K, nr, R, f, amax, inp_step, inp_bound, inp_noise,
+                   inp_noise > 0.0f ? zt.data() : nullptr, qt.data());
+        }
+        analog_gemm_columns(nr, Lo, K, qt.data(), R, Wu + (int64_t)o0 * K, K, yt.data(), R);
+        const float *zout = nullptr;
+        if (out_noise > 0.0f) {
+          fill_normal_columns(zt.data(), R, Lo, nr, base, rng.seed, TAG_OUT_NOISE, 0, rng.call);
+          zout = zt.data();
+        }
+        for (int j = 0; j < nr; ++j) cnt[j] = 0;
+        adc_cols(g_simd, yt.data(), Lo, nr, R, out_noise, zout, use_bm, out_bound, g, out_step, out_bound, cnt);
+        if (any_zero)
+          for (int o = 0; o < Lo; ++o)
+            for (int j = 0; j < nr; ++j)
+              if (sn[j] == 0.0f) yt[(size_t)o * R + j] = 0.0f;
+        store(o0, Lo);
+        if (use_bm)
+          for (int j = 0; j < nr; ++j)
+            if (cnt[j] > 0 && sn[j] != 0.0f) {
+              xrow.resize(K);
+              qrow.resize(K);
+              yrow.resize(max_lo);
+              zrow.resize(std::max(K, max_lo));
+              redo_position(r0 + j, blk, sn[j], xrow.data(), qrow.data(), yrow.data(), zrow.data());
+            }
+      }
+    }
+  });
+}
+
+}  // namespace rpu
