@@ -117,7 +117,8 @@ def conv_output_size(size: Sequence[int], kernel: Sequence[int], stride: Sequenc
 def analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], io: List[float],
                 mapping: List[int], kernel_size: List[int], stride: List[int], padding: List[int],
                 dilation: List[int], groups: int, analog_bias: bool, seeds: List[int], calls: List[int]) -> Tensor:
-    """Convolution (1, 2 or 3 spatial dims) as im2col + one analog product per group tile.
+    """Convolution (1, 2 or 3 spatial dims) as im2col + one analog product per group tile (on the
+    CPU in one pass, see ``_conv_cpu``).
 
     Args:
         x: float32 ``[N, C, *spatial]``.
@@ -157,6 +158,9 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Option
         raise ValueError(f"{op}: alpha must be [groups, 1] or [groups, M/groups], got shape {tuple(alpha.shape)}")
     io_b = io_bindings(tuple(float(v) for v in io))
     map_b = mapping_bindings(tuple(int(v) for v in mapping))
+    if not x.is_cuda:
+        return _conv_cpu(x, weight, bias, alpha, io_b, map_b, kernel_size, stride, padding, dilation, groups,
+                         analog_bias, seeds, calls)
     batch = x.shape[0]
     k, st, p, dl = tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation)
     outs = []
@@ -173,6 +177,25 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Option
         y = y + bias
     y = y.reshape(batch, *size, m)
     return y.permute(0, d + 1, *range(1, d + 1)).contiguous()
+
+
+def _conv_cpu(x, weight, bias, alpha, io_b, map_b, kernel_size, stride, padding, dilation, groups, analog_bias,
+              seeds, calls) -> Tensor:
+    """rpucuda's io_conv: im2col + io_mvm per group without the unfolded input in memory, written
+    straight into [N, M, *out] (the same values bit for bit)."""
+    d, m = len(kernel_size), weight.shape[0]
+    for i in range(d):
+        span = (kernel_size[i] - 1) * dilation[i] + 1
+        if x.shape[2 + i] + 2 * padding[i] < span:
+            raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
+    y = torch.empty(x.shape[0], m, *conv_output_size(x.shape[2:], kernel_size, stride, padding, dilation))
+    if y.numel() == 0:
+        return y
+    rpu_base.tiles.io_conv(weight.contiguous(), x.contiguous(), y, io_b, map_b, list(kernel_size), list(stride),
+                           list(padding), list(dilation), groups, analog_bias,
+                           None if alpha is None else alpha.contiguous(), [int(v) for v in seeds],
+                           [int(v) for v in calls], bias=None if bias is None else bias.detach().contiguous())
+    return y
 
 
 @analog_conv.register_fake

@@ -6,9 +6,18 @@ import torch
 from torch import Tensor, nn
 
 from ...ops import encode_io, encode_mapping, is_tracing
+from ...simulator import rpu_base
 from ...simulator.configs import FloatingPointRPUConfig, config_from_dict, config_to_dict
 from ...simulator.tiles import CudaError, FloatingPointTile, InferenceTile, TileBase, tile_class_for
 from ..functions import AnalogFunction
+
+
+def _all_finite(x: Tensor) -> bool:
+    # On the CPU through rpucuda's pool: torch.isfinite would wake torch's OpenMP threads, which
+    # then spin beside rpucuda's threads in the layer's own computation.
+    if x.device.type == "cpu" and x.is_contiguous():
+        return rpu_base.tiles.all_finite(x)
+    return bool(torch.isfinite(x).all())
 
 
 class AnalogContainerMixin:
@@ -114,7 +123,7 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
         if x.device != dev:
             raise ValueError(f"{self._layer_name()}: input is on {x.device}, but the layer is on {dev} "
                              f"(move one of them: layer.to(x.device) or x.to({str(dev)!r}))")
-        if not is_tracing() and x.numel() and not torch.isfinite(x).all():
+        if not is_tracing() and x.numel() and not _all_finite(x):
             raise ValueError(f"{self._layer_name()}: input contains NaN or Inf")
 
     # -- devices -------------------------------------------------------------------------------

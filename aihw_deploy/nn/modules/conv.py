@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..functions import AnalogFunction
 from ...ops import is_tracing
+from ...simulator import rpu_base
 from .base import AnalogLayerBase
 
 IntOrTuple = Union[int, Tuple[int, ...]]
@@ -20,37 +22,65 @@ def _tuple(v: IntOrTuple, n: int, name: str, minimum: int) -> Tuple[int, ...]:
     return t
 
 
-def im2col(x: Tensor, kernel: Tuple[int, ...], stride: Tuple[int, ...], padding: Tuple[int, ...],
-           dilation: Tuple[int, ...]) -> Tuple[Tensor, Tuple[int, ...]]:
-    """x [N, C, *S] -> columns [N * prod(L), C * prod(kernel)] and the output size L."""
+class _Unfold(torch.autograd.Function):
+    """x [N, C, *S] -> columns [N * prod(L), C * prod(kernel) (+1)] (rpucuda's im2col); the
+    gradient is its adjoint col2im."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel, stride, padding, dilation, ones_column: bool) -> Tensor:  # type: ignore[override]
+        ctx.geometry = (list(kernel), list(stride), list(padding), list(dilation))
+        ctx.x_shape = x.shape
+        return torch.from_numpy(rpu_base.tiles.im2col(x.contiguous(), *ctx.geometry, ones_column=ones_column))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty(ctx.x_shape)
+            # the summation order of the torch im2col it replaces (F.unfold for 2-d, Tensor.unfold
+            # per dimension otherwise): the same gradients bit for bit
+            order = "fold" if len(ctx.geometry[0]) == 2 else "unfold"
+            rpu_base.tiles.col2im(grad.contiguous(), grad_x, *ctx.geometry, order=order)
+        return grad_x, None, None, None, None, None
+
+
+def _unfold_torch(x: Tensor, kernel: Tuple[int, ...], stride: Tuple[int, ...], padding: Tuple[int, ...],
+                  dilation: Tuple[int, ...]) -> Tensor:
+    """The same columns from torch operations (for tensors rpucuda's CPU im2col cannot read: CUDA)."""
     d = len(kernel)
     if d == 2:
-        # torch's own im2col (F.unfold) is the fast path for 2-d.
-        n = x.shape[0]
-        for i in range(2):
-            span = (kernel[i] - 1) * dilation[i] + 1
-            if x.shape[2 + i] + 2 * padding[i] < span:
-                raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
-        out_size = tuple((x.shape[2 + i] + 2 * padding[i] - (kernel[i] - 1) * dilation[i] - 1) // stride[i] + 1
-                         for i in range(2))
         cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # [N, C*k, L]
-        return cols.transpose(1, 2).reshape(n * out_size[0] * out_size[1], -1), out_size
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     pad = []
     for p in reversed(padding):
         pad += [p, p]
     if any(padding):
         x = F.pad(x, pad)
     for i in range(d):
-        span = (kernel[i] - 1) * dilation[i] + 1
-        if x.shape[2 + i] < span:
-            raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
-        x = x.unfold(2 + i, span, stride[i])
+        x = x.unfold(2 + i, (kernel[i] - 1) * dilation[i] + 1, stride[i])
         if dilation[i] > 1:
             x = x[..., :: dilation[i]]
     n, c = x.shape[:2]
-    out_size = tuple(x.shape[2:2 + d])
     perm = [0] + list(range(2, 2 + d)) + [1] + list(range(2 + d, 2 + 2 * d))
-    cols = x.permute(*perm).reshape(n * math.prod(out_size), c * math.prod(kernel))
+    return x.permute(*perm).reshape(n * math.prod(x.shape[2:2 + d]), c * math.prod(kernel))
+
+
+def im2col(x: Tensor, kernel: Tuple[int, ...], stride: Tuple[int, ...], padding: Tuple[int, ...],
+           dilation: Tuple[int, ...], ones_column: bool = False) -> Tuple[Tensor, Tuple[int, ...]]:
+    """x [N, C, *S] -> columns [N * prod(L), C * prod(kernel) (+1 with ones_column)] and the output
+    size L; row (n, *position), column (channel, *kernel offset), padding reads 0.  Differentiable."""
+    d = len(kernel)
+    for i in range(d):
+        span = (kernel[i] - 1) * dilation[i] + 1
+        if x.shape[2 + i] + 2 * padding[i] < span:
+            raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
+    out_size = tuple((x.shape[2 + i] + 2 * padding[i] - (kernel[i] - 1) * dilation[i] - 1) // stride[i] + 1
+                     for i in range(d))
+    if x.device.type == "cpu":
+        return _Unfold.apply(x, kernel, stride, padding, dilation, ones_column), out_size
+    cols = _unfold_torch(x, kernel, stride, padding, dilation)
+    if ones_column:
+        cols = torch.cat([cols, torch.ones(cols.shape[0], 1, dtype=cols.dtype, device=cols.device)], 1)
     return cols, out_size
 
 
@@ -97,8 +127,10 @@ class _AnalogConvNd(AnalogLayerBase):
         size = None
         for g in range(self.groups):
             xg = x[:, g * cg:(g + 1) * cg] if self.groups > 1 else x
-            cols, size = im2col(xg, self.kernel_size, self.stride, self.padding, self.dilation)
-            outs.append(self._tile_product(cols, g))
+            tile = self._tiles[g]
+            # (the analog bias column comes with the unfolding: no copy of the columns)
+            cols, size = im2col(xg, self.kernel_size, self.stride, self.padding, self.dilation, tile.analog_bias)
+            outs.append(AnalogFunction.apply(cols, tile.weight, tile))
         y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         if self.bias is not None:
             y = y + self.bias
