@@ -10,9 +10,10 @@ void bind_tiles(py::module_ &m);
 void bind_devices(py::module_ &m);
 void bind_inference(py::module_ &m);
 void bind_rng(py::module_ &m);
+void bind_cuda(py::module_ &m);
 
 PYBIND11_MODULE(rpu_base, m) {
-  m.doc() = "rpucuda bindings: tiles, devices, parameters (CPU build)";
+  m.doc() = "rpucuda bindings: tiles, devices, parameters, inference, CUDA";
   m.attr("__version__") = AIHW_VERSION;
   m.def("set_num_threads", &rpu::set_num_threads, py::arg("n"),
         "Threads used by rpucuda (one pool; BLAS runs single-threaded inside it).");
@@ -27,10 +28,6 @@ PYBIND11_MODULE(rpu_base, m) {
   bind_inference(inference);
   auto rng = m.def_submodule("rng", "Counter-based random numbers (Philox4x32-10), for testing");
   bind_rng(rng);
-  auto cuda = m.def_submodule("cuda", "CUDA support");
-#ifdef RPU_WITH_CUDA
-  cuda.def("is_compiled", []() { return true; });
-#else
-  cuda.def("is_compiled", []() { return false; }, "True when rpucuda was built with CUDA kernels.");
-#endif
+  auto cuda = m.def_submodule("cuda", "CUDA twins of rpucuda (device pointers, torch streams)");
+  bind_cuda(cuda);
 }
