@@ -66,12 +66,15 @@ void gemm_nn_generic(int m, int n, int k, const float *X, int ldx, const float *
   }
 }
 
-// Columns layout: each column gathered, then the scalar definition.
-void gemm_columns_generic(int m, int n, int k, const float *X, int ldx, const float *W, int ldw, float *C, int ldc) {
-  std::vector<float> x(k);
+// Columns layout: each column and each weight row gathered, then the scalar definition.
+void gemm_columns_generic(int m, int n, int k, const float *X, int ldx, const float *WT, int ldwt, float *C,
+                          int ldc) {
+  std::vector<float> x(k), w((size_t)n * k);
+  for (int o = 0; o < n; ++o)
+    for (int i = 0; i < k; ++i) w[(size_t)o * k + i] = WT[(int64_t)i * ldwt + o];
   for (int r = 0; r < m; ++r) {
     for (int i = 0; i < k; ++i) x[i] = X[(int64_t)i * ldx + r];
-    for (int o = 0; o < n; ++o) C[(int64_t)o * ldc + r] = analog_dot16_ref(x.data(), W + (int64_t)o * ldw, k);
+    for (int o = 0; o < n; ++o) C[(int64_t)o * ldc + r] = analog_dot16_ref(x.data(), w.data() + (size_t)o * k, k);
   }
 }
 
@@ -190,8 +193,8 @@ __attribute__((target("avx512f"))) void gemm_nt_avx512(int m, int n, int k, cons
 // of the tree follows, all lane-wise: no horizontal operation.  `last` masks the columns of the
 // last vector (the other lanes are computed from zeros and not stored).
 template <int RV, int NO>
-__attribute__((target("avx512f"))) RPU_AG_AI void cols_block_512(int k, const float *X, int ldx, const float *W,
-                                                                 int ldw, float *C, int ldc, __mmask16 last) {
+__attribute__((target("avx512f"))) RPU_AG_AI void cols_block_512(int k, const float *X, int ldx, const float *WT,
+                                                                 int ldwt, float *C, int ldc, __mmask16 last) {
   alignas(64) float S[8][RV][NO][16];
   for (int l = 0; l < 16; ++l) {
     __m512 acc[RV][NO];
@@ -202,8 +205,9 @@ __attribute__((target("avx512f"))) RPU_AG_AI void cols_block_512(int k, const fl
       for (int v = 0; v < RV; ++v)
         x[v] = v == RV - 1 ? _mm512_maskz_loadu_ps(last, X + (int64_t)i * ldx + 16 * v)
                            : _mm512_loadu_ps(X + (int64_t)i * ldx + 16 * v);
+      const float *wi = WT + (int64_t)i * ldwt;  // the NO weights of input i, side by side
       for (int o = 0; o < NO; ++o) {
-        const __m512 w = _mm512_set1_ps(W[(int64_t)o * ldw + i]);
+        const __m512 w = _mm512_set1_ps(wi[o]);
         for (int v = 0; v < RV; ++v) acc[v][o] = _mm512_fmadd_ps(x[v], w, acc[v][o]);
       }
     }
@@ -227,33 +231,33 @@ __attribute__((target("avx512f"))) RPU_AG_AI void cols_block_512(int k, const fl
 
 template <int RV>
 __attribute__((target("avx512f"))) RPU_AG_AI void cols_outputs_512(int n, int k, const float *X, int ldx,
-                                                                   const float *W, int ldw, float *C, int ldc,
+                                                                   const float *WT, int ldwt, float *C, int ldc,
                                                                    __mmask16 last) {
   int o = 0;
-  for (; o + 8 <= n; o += 8) cols_block_512<RV, 8>(k, X, ldx, W + (int64_t)o * ldw, ldw, C + (int64_t)o * ldc, ldc, last);
-  const float *Wo = W + (int64_t)o * ldw;
+  for (; o + 8 <= n; o += 8) cols_block_512<RV, 8>(k, X, ldx, WT + o, ldwt, C + (int64_t)o * ldc, ldc, last);
+  const float *Wo = WT + o;
   float *Co = C + (int64_t)o * ldc;
   switch (n - o) {
-    case 7: cols_block_512<RV, 7>(k, X, ldx, Wo, ldw, Co, ldc, last); break;
-    case 6: cols_block_512<RV, 6>(k, X, ldx, Wo, ldw, Co, ldc, last); break;
-    case 5: cols_block_512<RV, 5>(k, X, ldx, Wo, ldw, Co, ldc, last); break;
-    case 4: cols_block_512<RV, 4>(k, X, ldx, Wo, ldw, Co, ldc, last); break;
-    case 3: cols_block_512<RV, 3>(k, X, ldx, Wo, ldw, Co, ldc, last); break;
-    case 2: cols_block_512<RV, 2>(k, X, ldx, Wo, ldw, Co, ldc, last); break;
-    case 1: cols_block_512<RV, 1>(k, X, ldx, Wo, ldw, Co, ldc, last); break;
+    case 7: cols_block_512<RV, 7>(k, X, ldx, Wo, ldwt, Co, ldc, last); break;
+    case 6: cols_block_512<RV, 6>(k, X, ldx, Wo, ldwt, Co, ldc, last); break;
+    case 5: cols_block_512<RV, 5>(k, X, ldx, Wo, ldwt, Co, ldc, last); break;
+    case 4: cols_block_512<RV, 4>(k, X, ldx, Wo, ldwt, Co, ldc, last); break;
+    case 3: cols_block_512<RV, 3>(k, X, ldx, Wo, ldwt, Co, ldc, last); break;
+    case 2: cols_block_512<RV, 2>(k, X, ldx, Wo, ldwt, Co, ldc, last); break;
+    case 1: cols_block_512<RV, 1>(k, X, ldx, Wo, ldwt, Co, ldc, last); break;
     default: break;
   }
 }
 
 __attribute__((target("avx512f"))) void gemm_columns_avx512(int m, int n, int k, const float *X, int ldx,
-                                                             const float *W, int ldw, float *C, int ldc) {
+                                                             const float *WT, int ldwt, float *C, int ldc) {
   int r = 0;
-  for (; r + 32 <= m; r += 32) cols_outputs_512<2>(n, k, X + r, ldx, W, ldw, C + r, ldc, 0xFFFF);
+  for (; r + 32 <= m; r += 32) cols_outputs_512<2>(n, k, X + r, ldx, WT, ldwt, C + r, ldc, 0xFFFF);
   const int rest = m - r;
   if (rest > 16)
-    cols_outputs_512<2>(n, k, X + r, ldx, W, ldw, C + r, ldc, (__mmask16)((1u << (rest - 16)) - 1u));
+    cols_outputs_512<2>(n, k, X + r, ldx, WT, ldwt, C + r, ldc, (__mmask16)((1u << (rest - 16)) - 1u));
   else if (rest > 0)
-    cols_outputs_512<1>(n, k, X + r, ldx, W, ldw, C + r, ldc, (__mmask16)(rest == 16 ? 0xFFFFu : (1u << rest) - 1u));
+    cols_outputs_512<1>(n, k, X + r, ldx, WT, ldwt, C + r, ldc, (__mmask16)(rest == 16 ? 0xFFFFu : (1u << rest) - 1u));
 }
 
 // Backward block of MR rows x (up to) 32 outputs: one fma chain per output over k.
@@ -467,8 +471,8 @@ __attribute__((target("avx2,fma"))) void gemm_nn_avx2(int m, int n, int k, const
 }
 // Columns layout (see cols_block_512): 2 vectors of 8 columns x NO outputs.
 template <int NO>
-__attribute__((target("avx2,fma"))) RPU_AG_AI void cols_block_256(int k, const float *X, int ldx, const float *W,
-                                                                  int ldw, float *C, int ldc, int cnt) {
+__attribute__((target("avx2,fma"))) RPU_AG_AI void cols_block_256(int k, const float *X, int ldx, const float *WT,
+                                                                  int ldwt, float *C, int ldc, int cnt) {
   alignas(32) float S[8][2][NO][8];
   const __m256i m0 = tail_mask_256(std::min(8, cnt)), m1 = tail_mask_256(std::max(0, cnt - 8));
   for (int l = 0; l < 16; ++l) {
@@ -480,7 +484,7 @@ __attribute__((target("avx2,fma"))) RPU_AG_AI void cols_block_256(int k, const f
       const __m256 x0 = cnt >= 16 ? _mm256_loadu_ps(xi) : _mm256_maskload_ps(xi, m0);
       const __m256 x1 = cnt >= 16 ? _mm256_loadu_ps(xi + 8) : _mm256_maskload_ps(xi + 8, m1);
       for (int o = 0; o < NO; ++o) {
-        const __m256 w = _mm256_broadcast_ss(W + (int64_t)o * ldw + i);
+        const __m256 w = _mm256_broadcast_ss(WT + (int64_t)i * ldwt + o);
         acc[0][o] = _mm256_fmadd_ps(x0, w, acc[0][o]);
         acc[1][o] = _mm256_fmadd_ps(x1, w, acc[1][o]);
       }
@@ -504,17 +508,17 @@ __attribute__((target("avx2,fma"))) RPU_AG_AI void cols_block_256(int k, const f
 }
 
 __attribute__((target("avx2,fma"))) void gemm_columns_avx2(int m, int n, int k, const float *X, int ldx,
-                                                            const float *W, int ldw, float *C, int ldc) {
+                                                            const float *WT, int ldwt, float *C, int ldc) {
   for (int r = 0; r < m; r += 16) {
     const int cnt = std::min(16, m - r);
     int o = 0;
-    for (; o + 4 <= n; o += 4) cols_block_256<4>(k, X + r, ldx, W + (int64_t)o * ldw, ldw, C + (int64_t)o * ldc + r, ldc, cnt);
-    const float *Wo = W + (int64_t)o * ldw;
+    for (; o + 4 <= n; o += 4) cols_block_256<4>(k, X + r, ldx, WT + o, ldwt, C + (int64_t)o * ldc + r, ldc, cnt);
+    const float *Wo = WT + o;
     float *Co = C + (int64_t)o * ldc + r;
     switch (n - o) {
-      case 3: cols_block_256<3>(k, X + r, ldx, Wo, ldw, Co, ldc, cnt); break;
-      case 2: cols_block_256<2>(k, X + r, ldx, Wo, ldw, Co, ldc, cnt); break;
-      case 1: cols_block_256<1>(k, X + r, ldx, Wo, ldw, Co, ldc, cnt); break;
+      case 3: cols_block_256<3>(k, X + r, ldx, Wo, ldwt, Co, ldc, cnt); break;
+      case 2: cols_block_256<2>(k, X + r, ldx, Wo, ldwt, Co, ldc, cnt); break;
+      case 1: cols_block_256<1>(k, X + r, ldx, Wo, ldwt, Co, ldc, cnt); break;
       default: break;
     }
   }
@@ -549,7 +553,8 @@ void analog_gemm(bool transposed, int m, int n, int k, const float *X, int ldx, 
   else gemm_nt_generic(m, n, k, X, ldx, W, ldw, C, ldc);
 }
 
-void analog_gemm_columns(int m, int n, int k, const float *X, int ldx, const float *W, int ldw, float *C, int ldc) {
+void analog_gemm_columns(int m, int n, int k, const float *X, int ldx, const float *WT, int ldwt, float *C,
+                         int ldc) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int o = 0; o < n; ++o)
@@ -558,10 +563,10 @@ void analog_gemm_columns(int m, int n, int k, const float *X, int ldx, const flo
   }
 #ifdef RPU_AG_X86
   const int level = simd_level();
-  if (level == 2) return gemm_columns_avx512(m, n, k, X, ldx, W, ldw, C, ldc);
-  if (level == 1) return gemm_columns_avx2(m, n, k, X, ldx, W, ldw, C, ldc);
+  if (level == 2) return gemm_columns_avx512(m, n, k, X, ldx, WT, ldwt, C, ldc);
+  if (level == 1) return gemm_columns_avx2(m, n, k, X, ldx, WT, ldwt, C, ldc);
 #endif
-  gemm_columns_generic(m, n, k, X, ldx, W, ldw, C, ldc);
+  gemm_columns_generic(m, n, k, X, ldx, WT, ldwt, C, ldc);
 }
 
 }  // namespace rpu

@@ -24,9 +24,11 @@ void analog_gemm(bool transposed, int m, int n, int k, const float *X, int ldx, 
 
 // The forward product in the columns layout of the convolution pipeline (io_conv.h): X holds
 // one input vector per column, X[i * ldx + r] (i < k, r < m), and C[o * ldc + r] = y[o] of
-// column r, o < n, A[o][i] = W[o * ldw + i].  Every element has the value of the forward order
-// above (analog_dot16_ref); the columns are computed 16 at a time.  Single-threaded.
-void analog_gemm_columns(int m, int n, int k, const float *X, int ldx, const float *W, int ldw, float *C, int ldc);
+// column r, o < n, with the weights transposed: A[o][i] = WT[i * ldwt + o] (the weights of one
+// input side by side).  Every element has the value of the forward order above
+// (analog_dot16_ref); the columns are computed 16 at a time.  Single-threaded.
+void analog_gemm_columns(int m, int n, int k, const float *X, int ldx, const float *WT, int ldwt, float *C,
+                         int ldc);
 
 // The scalar definitions of the two orders (one output element).
 float analog_dot16_ref(const float *x, const float *w, int k);

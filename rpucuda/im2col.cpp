@@ -4,10 +4,109 @@
 #include <cstring>
 #include <vector>
 
+#include "rng.h"
 #include "threading.h"
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(RPU_IO_GENERIC)
+#include <immintrin.h>
+#define RPU_IM2COL_X86 1
+#endif
 
 namespace rpu {
 namespace {
+
+#ifdef RPU_IM2COL_X86
+// ColumnsBlock::fill with 16 rows per instruction: masked loads for the segments that touch the
+// padding, gathers for a stride > 1 (pure data movement: the same values as the portable loop).
+__attribute__((target("avx512f"))) void fill_avx512(const ColumnsBlock &cb, const float *X, bool ones_column,
+                                                    int64_t k_begin, int64_t k_end, float *T, int64_t ldt) {
+  const ConvShape &s = cb.s;
+  const int64_t k_cols = s.cols(), K2 = s.kernel[2], K01 = s.kernel[0] * s.kernel[1], V = s.in_volume();
+  const int64_t st2 = s.stride[2], d2 = s.dilation[2];
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  auto tail = [](int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); };
+  for (int64_t k = std::max(k_begin, k_cols); k < k_end; ++k) {  // the ones column
+    float *t = T + (k - k_begin) * ldt;
+    for (int j = 0; j < cb.n_rows; ++j) t[j] = ones_column ? 1.0f : 0.0f;
+  }
+  const int64_t k_stop = std::min(k_end, k_cols);
+  for (size_t u = 0; u < cb.runs.size(); ++u) {
+    const ColumnsBlock::Run &run = cb.runs[u];
+    for (int64_t c = k_begin / (K01 * K2); c * K01 * K2 < k_stop; ++c)
+      for (int64_t k01 = 0; k01 < K01; ++k01) {
+        const int64_t off = cb.line_off[u * K01 + k01];
+        const float *line = X + run.img + c * V + off;
+        for (int64_t k2 = 0; k2 < K2; ++k2) {
+          const int64_t k = (c * K01 + k01) * K2 + k2;
+          if (k < k_begin || k >= k_stop) continue;
+          float *dst = T + (k - k_begin) * ldt + run.j;
+          const int64_t a = off < 0 ? run.len : cb.lo[u * K2 + k2], b = off < 0 ? run.len : cb.hi[u * K2 + k2];
+          const float *src = line + (run.o2 * st2 + k2 * d2 - s.padding[2]);  // row i at src[i * st2]
+          for (int64_t i = 0; i < run.len; i += 16) {
+            const __mmask16 m = tail(run.len - i);
+            __m512 x;
+            if (a <= i && i + 16 <= b && st2 == 1) {
+              x = _mm512_loadu_ps(src + i);
+            } else if (b <= i || i + 16 <= a) {
+              x = _mm512_setzero_ps();
+            } else {
+              const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32((int)i), lane);
+              const __mmask16 in = _mm512_cmp_epi32_mask(idx, _mm512_set1_epi32((int)a), _MM_CMPINT_NLT) &
+                                   _mm512_cmp_epi32_mask(idx, _mm512_set1_epi32((int)b), _MM_CMPINT_LT) & m;
+              x = st2 == 1 ? _mm512_maskz_loadu_ps(in, src + i)
+                           : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in,
+                                                      _mm512_mullo_epi32(idx, _mm512_set1_epi32((int)st2)), src, 4);
+            }
+            _mm512_mask_storeu_ps(dst + i, m, x);
+          }
+        }
+      }
+  }
+}
+
+// transpose_block: 16 x 16 tiles transposed in registers.
+__attribute__((target("avx512f"))) void transpose_avx512(const float *T, int64_t ldt, int nr, int64_t K, float *dst,
+                                                         int64_t ld) {
+  int64_t k0 = 0;
+  for (; k0 + 16 <= K; k0 += 16) {
+    int j0 = 0;
+    for (; j0 + 16 <= nr; j0 += 16) {
+      __m512 r[16], t[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(T + (k0 + i) * ldt + j0);
+      // 32-bit interleave, 64-bit interleave, then 128-bit lane shuffles
+      for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+      }
+      // r[4q + p]: column p (of 4) of rows 4q .. 4q+3, in each 128-bit lane c: rows of lane c
+      for (int q = 0; q < 4; q += 2)
+        for (int p = 0; p < 4; ++p) {
+          t[4 * q + p] = _mm512_shuffle_f32x4(r[4 * q + p], r[4 * (q + 1) + p], 0x88);
+          t[4 * (q + 1) + p] = _mm512_shuffle_f32x4(r[4 * q + p], r[4 * (q + 1) + p], 0xDD);
+        }
+      for (int p = 0; p < 4; ++p) {
+        r[p] = _mm512_shuffle_f32x4(t[p], t[8 + p], 0x88);
+        r[8 + p] = _mm512_shuffle_f32x4(t[p], t[8 + p], 0xDD);
+        r[4 + p] = _mm512_shuffle_f32x4(t[4 + p], t[12 + p], 0x88);
+        r[12 + p] = _mm512_shuffle_f32x4(t[4 + p], t[12 + p], 0xDD);
+      }
+      // r[g]: row j0 + g of dst, columns k0 .. k0+15
+      for (int g = 0; g < 16; ++g) _mm512_storeu_ps(dst + (j0 + g) * ld + k0, r[g]);
+    }
+    for (; j0 < nr; ++j0)
+      for (int64_t k = k0; k < k0 + 16; ++k) dst[j0 * ld + k] = T[k * ldt + j0];
+  }
+  for (int j = 0; j < nr; ++j)
+    for (int64_t k = k0; k < K; ++k) dst[j * ld + k] = T[k * ldt + j];
+}
+#endif
 
 // Output positions o in [0, n_out) whose input index o * stride + offset lies in [0, size):
 // [*lo, *hi) (empty when *lo >= *hi).
@@ -82,11 +181,30 @@ void im2col_row(const float *X, const ConvShape &s, bool ones_column, int64_t r,
 void im2col(const float *X, const ConvShape &s, bool ones_column, float *cols, int64_t ld) {
   const int64_t rows = s.rows();
   if (rows <= 0) return;
+#ifdef RPU_IM2COL_X86
+  if (simd_level() == 2) {
+    // Blocks of rows unfolded in the columns layout (in cache), then transposed into place.
+    constexpr int R = 64;
+    const int64_t K = s.cols() + (ones_column ? 1 : 0);
+    parallel_for_dynamic((rows + R - 1) / R, 4, [&](int64_t b, int64_t e) {
+      ColumnsBlock cb;
+      std::vector<float> T((size_t)K * R);
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int64_t r0 = blk * R;
+        const int nr = (int)std::min<int64_t>(R, rows - r0);
+        cb.prepare(s, r0, nr);
+        cb.fill(X, ones_column, 0, K, T.data(), R);
+        transpose_block(T.data(), R, nr, K, cols + r0 * ld, ld);
+      }
+    });
+    return;
+  }
+#endif
   const int64_t L2 = s.out[2], K2 = s.kernel[2], kv = s.kernel_volume();
   const int64_t K = s.cols();
   // Work items: one output line (n, l0, l1) each, all its l2 positions.
   const int64_t lines = rows / L2;
-  parallel_for(lines, std::max<int64_t>(1, 64 / L2), [&](int64_t b, int64_t e) {
+  parallel_for_dynamic(lines, std::max<int64_t>(1, 64 / L2), [&](int64_t b, int64_t e) {
     for (int64_t line = b; line < e; ++line) {
       const int64_t n = line / (s.out[0] * s.out[1]);
       const int64_t o0 = (line / s.out[1]) % s.out[0], o1 = line % s.out[1];
@@ -120,6 +238,14 @@ void im2col(const float *X, const ConvShape &s, bool ones_column, float *cols, i
         for (int64_t o2 = 0; o2 < L2; ++o2) row0[o2 * ld + K] = 1.0f;
     }
   });
+}
+
+void transpose_block(const float *T, int64_t ldt, int nr, int64_t K, float *dst, int64_t ld) {
+#ifdef RPU_IM2COL_X86
+  if (simd_level() == 2) return transpose_avx512(T, ldt, nr, K, dst, ld);
+#endif
+  for (int j = 0; j < nr; ++j)
+    for (int64_t k = 0; k < K; ++k) dst[j * ld + k] = T[k * ldt + j];
 }
 
 void ColumnsBlock::prepare(const ConvShape &shape, int64_t r0, int rows) {
@@ -156,6 +282,9 @@ void ColumnsBlock::prepare(const ConvShape &shape, int64_t r0, int rows) {
 
 void ColumnsBlock::fill(const float *X, bool ones_column, int64_t k_begin, int64_t k_end, float *T,
                         int64_t ldt) const {
+#ifdef RPU_IM2COL_X86
+  if (simd_level() == 2) return fill_avx512(*this, X, ones_column, k_begin, k_end, T, ldt);
+#endif
   const int64_t k_cols = s.cols(), K2 = s.kernel[2], K01 = s.kernel[0] * s.kernel[1], V = s.in_volume();
   const int64_t st2 = s.stride[2];
   for (int64_t k = std::max(k_begin, k_cols); k < k_end; ++k) {  // the ones column
@@ -194,7 +323,7 @@ void col2im(const float *cols, int64_t ld, const ConvShape &s, Col2imOrder order
   if (planes <= 0) return;
   const int64_t L = s.out_volume(), kv = s.kernel_volume(), V = s.in_volume();
   if (order == Col2imOrder::Columns) {
-    parallel_for(planes, 1, [&](int64_t b, int64_t e) {
+    parallel_for_dynamic(planes, 1, [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
         const int64_t n = p / s.channels, c = p % s.channels;
         float *dx = DX + n * s.image_stride + c * V;
@@ -238,7 +367,7 @@ void col2im(const float *cols, int64_t ld, const ConvShape &s, Col2imOrder order
           taps[d][i].push_back(Tap{o, off / s.dilation[d]});
       }
   }
-  parallel_for(planes, 1, [&](int64_t b, int64_t e) {
+  parallel_for_dynamic(planes, 1, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       const int64_t n = p / s.channels, c = p % s.channels;
       float *dx = DX + n * s.image_stride + c * V;

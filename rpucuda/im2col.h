@@ -63,6 +63,10 @@ struct ColumnsBlock {
   void fill(const float *X, bool ones_column, int64_t k_begin, int64_t k_end, float *T, int64_t ldt) const;
 };
 
+// The layout change between the columns layout and rows: dst[j * ld + k] = T[k * ldt + j] for
+// j < nr, k < K.
+void transpose_block(const float *T, int64_t ldt, int nr, int64_t K, float *dst, int64_t ld);
+
 // One row: x[k] for k < cols() (+ the trailing 1).
 void im2col_row(const float *X, const ConvShape &s, bool ones_column, int64_t r, float *x);
 

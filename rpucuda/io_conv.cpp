@@ -8,7 +8,6 @@
 #include "io_conv.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -200,15 +199,52 @@ RPU_CONV_KERNEL(void, adc_cols,
                  const float *g, float step, float bound, int *cnt),
                 (y, L, nc, ld, noise, z, check, sat_bound, g, step, bound, cnt))
 
-// dst[t] = src[t] (+ *bias) for t < len.
-void store_run(const float *__restrict src, int len, const float *bias, float *__restrict dst) {
-  if (bias != nullptr) {
-    const float b = *bias;
-    for (int t = 0; t < len; ++t) dst[t] = src[t] + b;
-  } else {
-    for (int t = 0; t < len; ++t) dst[t] = src[t];
+#ifdef RPU_CONV_X86
+__attribute__((target("avx512f"))) void store_run_avx512(const float *src, int len, const float *bias, float *dst) {
+  const __m512 b = _mm512_set1_ps(bias != nullptr ? *bias : 0.0f);
+  for (int t = 0; t < len; t += 16) {
+    const __mmask16 m = len - t >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - t)) - 1u);
+    __m512 v = _mm512_maskz_loadu_ps(m, src + t);
+    if (bias != nullptr) v = _mm512_add_ps(v, b);
+    _mm512_mask_storeu_ps(dst + t, m, v);
   }
 }
+#endif
+
+// dst[t * stride] = src[t] (+ *bias) for t < len.
+void store_run(const float *__restrict src, int len, const float *bias, float *__restrict dst, int64_t stride) {
+#ifdef RPU_CONV_X86
+  if (stride == 1 && simd_level() == 2) return store_run_avx512(src, len, bias, dst);
+#endif
+  const float b = bias != nullptr ? *bias : 0.0f;
+  if (stride == 1) {
+    if (bias != nullptr)
+      for (int t = 0; t < len; ++t) dst[t] = src[t] + b;
+    else
+      for (int t = 0; t < len; ++t) dst[t] = src[t];
+  } else {
+    if (bias != nullptr)
+      for (int t = 0; t < len; ++t) dst[t * stride] = src[t] + b;
+    else
+      for (int t = 0; t < len; ++t) dst[t * stride] = src[t];
+  }
+}
+
+// A float buffer whose data() is 64-byte aligned (the block rows are whole cache lines).
+class Aligned64 {
+ public:
+  void resize(size_t n) {
+    buf_.resize(n + 16);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(buf_.data());
+    data_ = buf_.data() + ((64 - (p & 63)) & 63) / sizeof(float);
+  }
+  float *data() { return data_; }
+  float &operator[](size_t i) { return data_[i]; }
+
+ private:
+  std::vector<float> buf_;
+  float *data_ = nullptr;
+};
 
 constexpr int kBlockRows = 64;  // output positions per block (a multiple of 16)
 constexpr int kFillRows = 16;   // unfolded rows built and converted at a time (stay in L1)
@@ -275,28 +311,37 @@ __attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, co
   // No padding and unit stride: every segment is a contiguous slice of the input; the K2
   // segments of a kernel row are done together (one pass over the run).
   if (st2 == 1 && s.padding[0] == 0 && s.padding[1] == 0 && s.padding[2] == 0) {
+    // offsets of column k's input for row 0 of the run, then 16 rows at a time down all columns
     const int64_t d2 = s.dilation[2];
+    std::vector<int64_t> offk(k_cols);
     for (size_t u = 0; u < cb.runs.size(); ++u) {
       const ColumnsBlock::Run &run = cb.runs[u];
+      for (int64_t ch = 0, k = 0; ch < s.channels; ++ch)
+        for (int64_t k01 = 0; k01 < K01; ++k01)
+          for (int64_t k2 = 0; k2 < K2; ++k2, ++k)
+            offk[k] = run.img + ch * V + cb.line_off[u * K01 + k01] + run.o2 + k2 * d2;
       for (int64_t i = 0; i < run.len; i += 16) {
         const __mmask16 m = tail(run.len - i);
         const int64_t j = run.j + i;
         const __m512 fi = _mm512_maskz_loadu_ps(m, finv + j);
-        for (int64_t ch = 0; ch < s.channels; ++ch)
-          for (int64_t k01 = 0; k01 < K01; ++k01) {
-            const float *src = X + run.img + ch * V + cb.line_off[u * K01 + k01] + run.o2 + i;
-            const int64_t k0 = (ch * K01 + k01) * K2;
-            for (int64_t k2 = 0; k2 < K2; ++k2) {
-              const __m512 x = m == 0xFFFF ? _mm512_loadu_ps(src + k2 * d2) : _mm512_maskz_loadu_ps(m, src + k2 * d2);
-              __m512 r = quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c,
-                                                  [&] { return _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, f + j)); });
-              const int64_t k = k0 + k2;
-              if (z != nullptr)
-                r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(noise), _mm512_maskz_loadu_ps(m, z + k * ld + j)));
-              if (m == 0xFFFF) _mm512_storeu_ps(q + k * ld + j, r);
-              else _mm512_mask_storeu_ps(q + k * ld + j, m, r);
-            }
+        const float *xi = X + i;
+        float *qj = q + j;
+        auto exact = [&](__m512 x) { return _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, f + j)); };
+        if (m == 0xFFFF && z == nullptr) {
+          for (int64_t k = 0; k < k_cols; ++k) {
+            const __m512 x = _mm512_loadu_ps(xi + offk[k]);
+            _mm512_storeu_ps(qj + k * ld,
+                             quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c, [&] { return exact(x); }));
           }
+        } else {
+          for (int64_t k = 0; k < k_cols; ++k) {
+            const __m512 x = _mm512_maskz_loadu_ps(m, xi + offk[k]);
+            __m512 r = quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c, [&] { return exact(x); });
+            if (z != nullptr)
+              r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(noise), _mm512_maskz_loadu_ps(m, z + k * ld + j)));
+            _mm512_mask_storeu_ps(qj + k * ld, m, r);
+          }
+        }
       }
     }
     return;
@@ -445,22 +490,22 @@ void block_runs(int64_t r0, int nr, int64_t L, std::vector<Run> &runs) {
 
 // The fallback: the unfolded input in memory, io_mvm, then the layout change.
 void io_conv_unfolded(const float *W, int M, int K, const float *X, const ConvShape &s, bool ones_column, float *Y,
-                      int64_t y_image_stride, const IOParameters &io, const MappingParameter &map,
+                      const ConvOutputLayout &yl, const IOParameters &io, const MappingParameter &map,
                       bool bound_management, const float *alpha, int n_alpha, const float *bias,
                       const MVMCall &rng) {
   const int64_t rows = s.rows(), L = s.out_volume();
   std::vector<float> cols((size_t)rows * K), yr((size_t)rows * M);
   im2col(X, s, ones_column, cols.data(), K);
   io_mvm(W, M, K, false, cols.data(), (int)rows, yr.data(), io, map, bound_management, alpha, n_alpha, rng);
-  parallel_for(s.batch * M, 4, [&](int64_t b, int64_t e) {
+  parallel_for_dynamic(s.batch * M, 4, [&](int64_t b, int64_t e) {
     for (int64_t q = b; q < e; ++q) {
       const int64_t n = q / M, o = q % M;
-      float *y = Y + n * y_image_stride + o * L;
+      float *y = Y + n * yl.image + o * yl.channel;
       const float *src = yr.data() + n * L * M + o;
       if (bias != nullptr)
-        for (int64_t l = 0; l < L; ++l) y[l] = src[l * M] + bias[o];
+        for (int64_t l = 0; l < L; ++l) y[l * yl.position] = src[l * M] + bias[o];
       else
-        for (int64_t l = 0; l < L; ++l) y[l] = src[l * M];
+        for (int64_t l = 0; l < L; ++l) y[l * yl.position] = src[l * M];
     }
   });
 }
@@ -468,8 +513,8 @@ void io_conv_unfolded(const float *W, int M, int K, const float *X, const ConvSh
 }  // namespace
 
 void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, bool ones_column, float *Y,
-             int64_t y_image_stride, const IOParameters &io, const MappingParameter &map, bool bound_management,
-             const float *alpha, int n_alpha, const float *bias, const MVMCall &rng) {
+             const ConvOutputLayout &yl, const IOParameters &io, const MappingParameter &map,
+             bool bound_management, const float *alpha, int n_alpha, const float *bias, const MVMCall &rng) {
   const int64_t rows = s.rows(), L = s.out_volume();
   if (rows <= 0 || M <= 0) return;
   const int g_simd = simd_level();
@@ -481,8 +526,7 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
                         !(io.out_sto_round && out_step > 0.0f) &&
                         io.noise_management != NoiseManagementType::AverageAbsMax);
   if (!columns_path) {
-    io_conv_unfolded(W, M, K, X, s, ones_column, Y, y_image_stride, io, map, bound_management, alpha, n_alpha, bias,
-                     rng);
+    io_conv_unfolded(W, M, K, X, s, ones_column, Y, yl, io, map, bound_management, alpha, n_alpha, bias, rng);
     return;
   }
 
@@ -550,11 +594,11 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
       }
       break;
     }
-    float *yn = Y + (r / L) * y_image_stride + r % L;
+    float *yn = Y + (r / L) * yl.image + (r % L) * yl.position;
     for (int o = 0; o < Lo; ++o) {
       float v = scaled ? y[o] * out_factor(o0 + o) : y[o];
       if (bias != nullptr) v = v + bias[o0 + o];
-      yn[(int64_t)(o0 + o) * L] = v;
+      yn[(int64_t)(o0 + o) * yl.channel] = v;
     }
   };
 
@@ -571,7 +615,7 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
     sp.image_stride = s.channels * sp.in_volume();
     x_padded.resize((size_t)(s.batch * sp.image_stride));
     float *xp = x_padded.data();
-    parallel_for(s.batch * s.channels, 4, [&](int64_t b, int64_t e) {
+    parallel_for_dynamic(s.batch * s.channels, 4, [&](int64_t b, int64_t e) {
       for (int64_t q = b; q < e; ++q) {
         const int64_t n = q / s.channels, c = q % s.channels;
         const float *src = X + n * s.image_stride + c * s.in_volume();
@@ -595,21 +639,30 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
   if (!io.is_perfect) {
     amap.resize((size_t)(s.batch * V));
     mmap.resize((size_t)(s.batch * V));
-    parallel_for(s.batch, 1, [&](int64_t b, int64_t e) {
+    parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n)
         CONV_CALL(pixel_maps, (Xu + n * sp.image_stride, s.channels, V, amap.data() + n * V, mmap.data() + n * V));
     });
   }
 
+  // The weights (after read noise) transposed, WT[i * M + o]: analog_gemm_columns reads the
+  // weights of one input for several outputs at once.
+  std::vector<float> WT((size_t)K * M);
+  {
+    const float *Wsrc = io.is_perfect ? W : Wu;
+    for (int o = 0; o < M; ++o)
+      for (int i = 0; i < K; ++i) WT[(size_t)i * M + o] = Wsrc[(int64_t)o * K + i];
+  }
   const int max_lo = std::min(M, out_chunk);
+  // [N * L, M]-like layouts: row r (= n * L + l) at Y + r * position, outputs contiguous
+  const bool rows_layout = yl.channel == 1 && yl.image == L * yl.position;
   const int64_t n_items = (rows + kBlockRows - 1) / kBlockRows;
-  // Blocks are handed out one at a time (a core slowed by other work takes fewer); every value
-  // depends on its block only.
-  std::atomic<int64_t> next_item{0};
-  parallel_for(std::min<int64_t>(n_items, get_num_threads()), 1, [&](int64_t, int64_t) {
+  // (every value depends on its block only)
+  parallel_for_dynamic(n_items, 1, [&](int64_t b, int64_t e) {
     constexpr int R = kBlockRows;
     // (locals, not thread_local: the hot loops must not reach them through the TLS machinery)
-    std::vector<float> qt, yt, zt, mt, xrow, qrow, yrow, zrow;
+    Aligned64 qt, yt, zt, mt;  // (rows of R = 64 floats: whole cache lines)
+    std::vector<float> xrow, qrow, yrow, zrow;
     std::vector<Run> runs;
     ColumnsBlock cb, mb;
     qt.resize((size_t)K * R);
@@ -621,12 +674,27 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
     alignas(64) float amax[R], mx[R], sn[R], f[R], g[R];
     alignas(64) int nan[R], cnt[R];
     alignas(64) uint64_t base[R];
-    for (int64_t item = next_item++; item < n_items; item = next_item++) {
+    for (int64_t item = b; item < e; ++item) {
       const int64_t r0 = item * R;
       const int nr = (int)std::min<int64_t>(R, rows - r0);
       cb.prepare(sp, r0, nr);
       block_runs(r0, nr, L, runs);
       auto store = [&](int o0, int Lo) {
+        if (rows_layout) {  // scale and bias in place, then the block transposed into its rows
+          for (int o = 0; o < Lo; ++o) {
+            float *yo = yt.data() + (int64_t)o * R;
+            if (scaled) {
+              const float fo = out_factor(o0 + o);
+              for (int j = 0; j < nr; ++j) yo[j] *= fo;
+            }
+            if (bias != nullptr) {
+              const float bo = bias[o0 + o];
+              for (int j = 0; j < nr; ++j) yo[j] = yo[j] + bo;
+            }
+          }
+          transpose_block(yt.data(), R, nr, Lo, Y + r0 * yl.position + o0, yl.position);
+          return;
+        }
         for (int o = 0; o < Lo; ++o) {
           float *yo = yt.data() + (int64_t)o * R;
           if (scaled) {
@@ -635,12 +703,12 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
           }
           for (const Run &u : runs)
             store_run(yo + u.j, u.len, bias == nullptr ? nullptr : bias + o0 + o,
-                      Y + u.n * y_image_stride + (int64_t)(o0 + o) * L + u.l);
+                      Y + u.n * yl.image + (int64_t)(o0 + o) * yl.channel + u.l * yl.position, yl.position);
         }
       };
       if (io.is_perfect) {
         cb.fill(Xu, ones_column, 0, K, qt.data(), R);
-        analog_gemm_columns(nr, M, K, qt.data(), R, W, K, yt.data(), R);
+        analog_gemm_columns(nr, M, K, qt.data(), R, WT.data(), M, yt.data(), R);
         store(0, M);
         continue;
       }
@@ -672,7 +740,7 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
           fill_dac(cb, Xu, ones_column, K, nr, R, f, amax, inp_step, inp_bound, inp_noise,
                    inp_noise > 0.0f ? zt.data() : nullptr, qt.data());
         }
-        analog_gemm_columns(nr, Lo, K, qt.data(), R, Wu + (int64_t)o0 * K, K, yt.data(), R);
+        analog_gemm_columns(nr, Lo, K, qt.data(), R, WT.data() + o0, M, yt.data(), R);
         const float *zout = nullptr;
         if (out_noise > 0.0f) {
           fill_normal_columns(zt.data(), R, Lo, nr, base, rng.seed, TAG_OUT_NOISE, 0, rng.call);

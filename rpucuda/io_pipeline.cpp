@@ -267,7 +267,7 @@ const float *read_weights(const float *W, int M, int K, const IOParameters &io, 
   const float w_noise = io.w_noise;
   constexpr int64_t kChunk = 4096;  // a multiple of 4 (bulk normals start at a block)
   float *wn = buffer.data();
-  parallel_for((total + kChunk - 1) / kChunk, 4, [&](int64_t b, int64_t e) {
+  parallel_for_dynamic((total + kChunk - 1) / kChunk, 4, [&](int64_t b, int64_t e) {
     float z[kChunk];
     for (int64_t c = b; c < e; ++c) {
       const int64_t i0 = c * kChunk;
@@ -277,22 +277,6 @@ const float *read_weights(const float *W, int M, int K, const IOParameters &io, 
     }
   });
   return wn;
-}
-
-float noise_scale(const IOParameters &io, float amax, float mx) {
-  float sn;
-  switch (io.noise_management) {
-    case NoiseManagementType::None: sn = 1.0f; break;
-    case NoiseManagementType::Max: sn = mx > 0.0f ? mx : amax; break;
-    case NoiseManagementType::Constant: sn = io.nm_thres > 0.0f ? io.nm_thres : 1.0f; break;
-    case NoiseManagementType::AverageAbsMax:
-    case NoiseManagementType::AbsMax:
-    default:
-      sn = amax;
-      if (io.nm_thres > 0.0f && sn > io.nm_thres) sn = io.nm_thres;
-  }
-  // A vector of zeros gives zero output whatever the scale; a vector with NaN gives NaN.
-  return amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
 }
 
 float bound_management_limit(const IOParameters &io) {
@@ -338,7 +322,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     // values for any thread count), split over rows or, for a few rows, over outputs.
     const int T = get_num_threads();
     if (N >= 4 * T || T == 1 || out < 2 * kColAlign) {
-      parallel_for(N, 4, [&](int64_t b, int64_t e) {
+      parallel_for_dynamic(N, 4, [&](int64_t b, int64_t e) {
         analog_gemm(transposed, (int)(e - b), out, in, X + b * in, in, W, ld_w, Y + b * out, out);
       });
     } else {
@@ -353,7 +337,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
       });
     }
     if (io.out_scale != 1.0f || alpha != nullptr)
-      parallel_for(N, 16, [&](int64_t b, int64_t e) {
+      parallel_for_dynamic(N, 16, [&](int64_t b, int64_t e) {
         for (int64_t n = b; n < e; ++n) apply_alpha_scale(Y + n * out, 0, out, io.out_scale);
       });
     return;
@@ -429,7 +413,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     if (average_nm) {
       // The batch-wide scale needs every row first.
       std::vector<float> amax_row(N);
-      parallel_for(N, 16, [&](int64_t b, int64_t e) {
+      parallel_for_dynamic(N, 16, [&](int64_t b, int64_t e) {
         for (int64_t n = b; n < e; ++n) s[n] = row_scale(X + n * in + bl.i0, Li, &amax_row[n]);
       });
       double avg = 0.0;
@@ -575,7 +559,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
       } else {
         // Each worker takes a slice of the rows through the whole pipeline: noise management,
         // DAC, its own single-threaded product, output noise, ADC, bound-management decision.
-        parallel_for(Na, kSmallRows, [&](int64_t b, int64_t e) {
+        parallel_for_dynamic(Na, kSmallRows, [&](int64_t b, int64_t e) {
           static thread_local std::vector<float> xq, yb, tmp, tmp2;
           static thread_local std::vector<int> act;
           for (int64_t c0 = b; c0 < e; c0 += kSubRows) {
@@ -623,7 +607,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
   }
 
   if (io.out_scale != 1.0f || alpha != nullptr)
-    parallel_for(N, 16, [&](int64_t b, int64_t e) {
+    parallel_for_dynamic(N, 16, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) apply_alpha_scale(Y + n * out, 0, out, io.out_scale);
     });
 }

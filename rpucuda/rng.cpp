@@ -316,13 +316,16 @@ void fill_columns(float *out, int64_t ld, int L, int n_cols, const uint64_t *bas
   const uint32_t c2 = (uint32_t)call, k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
   alignas(64) uint32_t w[4][kLanes];
   alignas(64) uint32_t lo[kLanes], hi[kLanes];
+  alignas(64) uint64_t block0[kLanes];
   alignas(64) float tmp[4][kLanes];
   for (int c0 = 0; c0 < n_cols; c0 += kLanes) {
     const int n = std::min(kLanes, n_cols - c0);
     const int nv = (n + 15) & ~15;  // whole vectors (the extra lanes repeat the last column)
+    for (int l = 0; l < nv; ++l) block0[l] = base[c0 + std::min(l, n - 1)] >> 2;
     for (int j = 0; 4 * j < L; ++j) {
+#pragma omp simd
       for (int l = 0; l < nv; ++l) {
-        const uint64_t block = (base[c0 + std::min(l, n - 1)] >> 2) + (uint64_t)j;
+        const uint64_t block = block0[l] + (uint64_t)j;
         lo[l] = (uint32_t)block;
         hi[l] = (uint32_t)(block >> 32);
       }

@@ -36,6 +36,7 @@ inline void cpu_relax() {
 //    average gap between the end of its last job and the next post is below spin_us); when
 //    rpucuda calls alternate with long stretches of other work, it only polls briefly.
 constexpr int kPureSpinUs = 5;
+constexpr int kChunksPerThread = 16;
 
 int spin_us_from_env() {
   const char *env = std::getenv("RPU_SPIN_US");
@@ -95,7 +96,7 @@ class Pool {
   int size() const { return (int)workers_.size(); }
 
   // Returns false if the pool is busy with another caller.
-  bool try_run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn) {
+  bool try_run(int64_t n, int64_t grain, bool dynamic, const std::function<void(int64_t, int64_t)> &fn) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
     int parts = (int)std::min<int64_t>((int64_t)workers_.size() + 1, (n + grain - 1) / grain);
@@ -103,6 +104,12 @@ class Pool {
       fn(0, n);
       return true;
     }
+    // Dynamic: the range is cut into more chunks than threads, taken one at a time, so a thread
+    // that gets less of its core (torch's OpenMP threads still spinning after an operator, other
+    // processes) takes fewer chunks instead of delaying the whole call.  Static: one chunk per
+    // thread.
+    const int64_t chunks =
+        dynamic ? std::min<int64_t>((n + grain - 1) / grain, (int64_t)parts * kChunksPerThread) : parts;
     // Spinning workers watch generation_ without the mutex; the job itself is read under it.
     bool wake;
     {
@@ -110,6 +117,8 @@ class Pool {
       fn_ = &fn;
       n_ = n;
       parts_ = parts;
+      chunks_ = chunks;
+      next_chunk_.store(0, std::memory_order_relaxed);
       pending_.store(parts - 1, std::memory_order_relaxed);
       post_ns_.store(now_ns(), std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_release);
@@ -126,9 +135,14 @@ class Pool {
   }
 
  private:
-  void run_part(int p) {
-    int64_t b = n_ * p / parts_, e = n_ * (p + 1) / parts_;
-    if (e > b) (*fn_)(b, e);
+  // Takes chunks until none is left (p: the participant, unused: any thread may take any chunk).
+  void run_part(int) {
+    for (;;) {
+      const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks_) return;
+      const int64_t b = n_ * c / chunks_, e = n_ * (c + 1) / chunks_;
+      if (e > b) (*fn_)(b, e);
+    }
   }
 
   void loop(int idx, uint64_t seen) {
@@ -173,6 +187,8 @@ class Pool {
   const std::function<void(int64_t, int64_t)> *fn_ = nullptr;
   int64_t n_ = 0;
   int parts_ = 0;
+  int64_t chunks_ = 0;
+  std::atomic<int64_t> next_chunk_{0};
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int64_t> post_ns_{0};  // when the current job was posted
@@ -208,7 +224,8 @@ int get_num_threads() {
   return n;
 }
 
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn) {
+namespace {
+void run_parallel(int64_t n, int64_t grain, bool dynamic, const std::function<void(int64_t, int64_t)> &fn) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
   if (t_in_parallel || get_num_threads() <= 1 || n <= grain) {
@@ -222,7 +239,16 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
     fn(b, e);
     t_in_parallel = prev;
   };
-  if (!pool().try_run(n, grain, guarded)) fn(0, n);
+  if (!pool().try_run(n, grain, dynamic, guarded)) fn(0, n);
+}
+}  // namespace
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn) {
+  run_parallel(n, grain, false, fn);
+}
+
+void parallel_for_dynamic(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn) {
+  run_parallel(n, grain, true, fn);
 }
 
 }  // namespace rpu

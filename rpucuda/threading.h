@@ -10,10 +10,16 @@ namespace rpu {
 void set_num_threads(int n);
 int get_num_threads();
 
-// Runs fn(begin, end) on disjoint chunks covering [0, n).  Chunks are at least `grain` long.
-// Safe to call from several threads at once: a caller that finds the pool busy runs its whole
-// range itself.  Results must not depend on the chunking (rpucuda's random numbers are indexed
-// by element, not by thread).
+// Runs fn(begin, end) on disjoint chunks covering [0, n), one per thread.  Chunks are at least
+// `grain` long.  Safe to call from several threads at once: a caller that finds the pool busy
+// runs its whole range itself.  Results must not depend on the chunking (rpucuda's random
+// numbers are indexed by element, not by thread).
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn);
+
+// The same with more (smaller) chunks than threads, taken one at a time: a thread that gets
+// less of its core (another process, torch's OpenMP threads still spinning after an operator)
+// takes fewer chunks instead of delaying the call.  For work whose values cannot depend on the
+// chunking at all (the IO pipeline, im2col).
+void parallel_for_dynamic(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)> &fn);
 
 }  // namespace rpu

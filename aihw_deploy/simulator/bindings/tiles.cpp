@@ -7,6 +7,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <new>
+#if defined(__unix__)
+#include <sys/mman.h>
+#endif
 
 #include "buffers.h"
 #include "im2col.h"
@@ -60,6 +64,31 @@ void check_finite(const FloatBuf &b, const char *name) {
   const int64_t n = b.numel();
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(b.ptr[i])) throw py::value_error(std::string(name) + ": contains NaN or Inf");
+}
+
+// A new float32 array [rows, cols].  A large one (an unfolded input, tens of MB per training
+// step) gets its own anonymous mapping, unmapped when the array dies: freed through malloc it
+// would raise glibc's dynamic mmap threshold to its size, after which every freed block below
+// that size stays in the heap (the peak memory of the next steps grows by that much).
+py::array_t<float> new_large_array(int64_t rows, int64_t cols) {
+#if defined(__unix__)
+  const size_t bytes = sizeof(float) * (size_t)rows * (size_t)cols;
+  if (bytes >= ((size_t)1 << 20)) {
+    void *p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    struct Mapping {
+      void *p;
+      size_t bytes;
+    };
+    py::capsule owner(new Mapping{p, bytes}, [](void *m) {
+      auto *mm = static_cast<Mapping *>(m);
+      munmap(mm->p, mm->bytes);
+      delete mm;
+    });
+    return py::array_t<float>({(py::ssize_t)rows, (py::ssize_t)cols}, static_cast<float *>(p), owner);
+  }
+#endif
+  return aihw::new_array(rows, cols);
 }
 
 // The convolution geometry of input x [N, C_total, *spatial] for the channels
@@ -271,6 +300,15 @@ void bind_tiles(py::module_ &m) {
         py::arg("call") = 0, py::arg("transposed") = false,
         "The analog MVM of SPEC §1: weights [M, K], x [N, K] -> [N, M] (transposed: x [N, M] -> [N, K]).");
 
+  m.def("new_array", [](int64_t rows, int64_t cols) {
+          if (rows < 0 || cols < 0)
+            throw py::value_error("new_array: sizes must be >= 0, got " + std::to_string(rows) + " x " + std::to_string(cols));
+          return new_large_array(rows, cols);
+        },
+        py::arg("rows"), py::arg("cols"),
+        "A new float32 array [rows, cols] (uninitialized); a large one in its own memory mapping, outside "
+        "malloc's heap.");
+
   m.def("all_finite", [](py::object x) {
           FloatBuf b = as_float_buffer(x, "x", false);
           const int64_t n = b.numel();
@@ -294,7 +332,15 @@ void bind_tiles(py::module_ &m) {
           if (channels < 0 && xb.shape.size() >= 2) channels = xb.shape[1] - channel_offset;
           const ConvShape s = conv_geometry(xb, kernel_size, stride, padding, dilation, channel_offset, channels, "im2col");
           float *cols;
-          py::object r = output_or_new(out, "out", s.rows(), s.cols() + (ones_column ? 1 : 0), &cols);
+          const int64_t n_cols = s.cols() + (ones_column ? 1 : 0);
+          py::object r;
+          if (out.is_none()) {
+            py::array_t<float> a = new_large_array(s.rows(), n_cols);
+            cols = a.mutable_data();
+            r = std::move(a);
+          } else {
+            r = output_or_new(out, "out", s.rows(), n_cols, &cols);
+          }
           py::gil_scoped_release nogil;
           im2col(xb.ptr + channel_offset * s.in_volume(), s, ones_column, cols, s.cols() + (ones_column ? 1 : 0));
           return r;
@@ -335,7 +381,9 @@ void bind_tiles(py::module_ &m) {
                       const MappingParameter &map, std::vector<int64_t> kernel_size, std::vector<int64_t> stride,
                       std::vector<int64_t> padding, std::vector<int64_t> dilation, int groups, bool ones_column,
                       py::object alpha, std::vector<uint64_t> seeds, std::vector<uint64_t> calls,
-                      bool bound_management, py::object bias) {
+                      bool bound_management, py::object bias, const std::string &layout) {
+          if (layout != "channels" && layout != "rows")
+            throw py::value_error("io_conv: layout must be 'channels' or 'rows', got '" + layout + "'");
           check_valid(validate(io), "io");
           check_valid(validate(map), "mapping");
           FloatBuf wb = as_float_buffer(weights, "weights", false);
@@ -359,6 +407,7 @@ void bind_tiles(py::module_ &m) {
                                   " channels per group and this kernel, got " + std::to_string(wb.shape[1]));
           std::vector<int64_t> yshape = {s.batch, M};
           for (int i = 3 - ((int)xb.shape.size() - 2); i < 3; ++i) yshape.push_back(s.out[i]);
+          if (layout == "rows") yshape = {s.rows(), M};
           if (ob.shape != yshape)
             throw py::value_error("out: expected shape " + aihw::shape_str(yshape) + ", got " + aihw::shape_str(ob.shape));
           if (s.rows() >= INT32_MAX)
@@ -383,19 +432,22 @@ void bind_tiles(py::module_ &m) {
             bp = bb.ptr;
           }
           const int64_t L = s.out_volume();
+          const ConvOutputLayout yl = layout == "rows" ? ConvOutputLayout::rows(M, L) : ConvOutputLayout::channels(M, L);
           py::gil_scoped_release nogil;
           for (int g = 0; g < groups; ++g)
             io_conv(wb.ptr + g * Mg * K, (int)Mg, (int)K, xb.ptr + g * Cg * s.in_volume(), s, ones_column,
-                    ob.ptr + g * Mg * L, M * L, io, map, bound_management, ap == nullptr ? nullptr : ap + g * na, na,
-                    bp == nullptr ? nullptr : bp + g * Mg, MVMCall{seeds[g], calls[g]});
+                    ob.ptr + g * Mg * yl.channel, yl, io, map, bound_management,
+                    ap == nullptr ? nullptr : ap + g * na, na, bp == nullptr ? nullptr : bp + g * Mg,
+                    MVMCall{seeds[g], calls[g]});
           return out;
         },
         py::arg("weights"), py::arg("x"), py::arg("out"), py::arg("io"), py::arg("mapping"), py::arg("kernel_size"),
         py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups") = 1,
         py::arg("ones_column") = false, py::arg("alpha") = py::none(), py::arg("seeds") = std::vector<uint64_t>{0},
         py::arg("calls") = std::vector<uint64_t>{0}, py::arg("bound_management") = true, py::arg("bias") = py::none(),
+        py::arg("layout") = "channels",
         "Analog convolution: x [N, C, *spatial] -> out [N, M, *out] with weights [M, C/groups * prod(kernel_size) "
         "(+1 with ones_column)] (group tiles stacked); per group the values of io_mvm on im2col(x) with that "
         "group's seed and call, bit for bit.  alpha: [groups, 1] or [groups, M/groups]; bias: [M] digital bias "
-        "added last.");
+        "added last.  layout='rows': out is [N * prod(out), M] (the rows of io_mvm) instead.");
 }
