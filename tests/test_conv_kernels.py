@@ -280,6 +280,24 @@ def test_io_conv_equals_im2col_io_mvm_bit_for_bit(ci, restore_threads):
                 i += 1
 
 
+def test_io_conv_rows_layout_equals_channels_layout():
+    """layout='rows' writes the same values as [N * L, M] (the rows of io_mvm)."""
+    for ci in (0, 3, 10, 12):
+        io = io_params(**CASES[ci])
+        for analog_bias in (False, True):
+            x, w, alpha, bias, geom, groups, seeds, calls = _conv_case(ci, 1, 1, analog_bias)
+            size, kernel, stride, padding, dilation = geom
+            outs = out_size(size, kernel, stride, padding, dilation)
+            args = (io, mapping(*MAPPINGS[1]), list(kernel), list(stride), list(padding), list(dilation), groups,
+                    analog_bias, alpha, seeds, calls)
+            y = np.empty((x.shape[0], w.shape[0]) + outs, np.float32)
+            tiles.io_conv(w, x, y, *args, bias=bias)
+            rows = np.empty((x.shape[0] * int(np.prod(outs)), w.shape[0]), np.float32)
+            tiles.io_conv(w, x, rows, *args, bias=bias, layout="rows")
+            ref = y.reshape(x.shape[0], w.shape[0], -1).transpose(0, 2, 1).reshape(rows.shape)
+            np.testing.assert_array_equal(rows.view(np.uint32), ref.view(np.uint32))
+
+
 def test_io_conv_is_independent_of_thread_count(restore_threads):
     ref = None
     for threads in (1, 2, 3):
@@ -365,3 +383,50 @@ def test_io_conv_errors_name_the_problem():
         tiles.io_conv(w, x, y, *args, 2, False, None, [0], [0])
     with pytest.raises(ValueError, match=r"out: expected shape \(1, 6, 6, 6\)"):
         tiles.io_conv(w, x, np.empty((1, 6, 5, 6), np.float32), *args, 2, False, None, [0, 0], [0, 0])
+
+
+def test_training_path_unfolded_inputs_are_not_reused_while_referenced():
+    """The unfolded inputs of the training path come from a buffer pool: a pulsed tile keeps
+    them (with d) until the optimizer step, so two backward passes before a step must see two
+    intact unfolded inputs."""
+    from aihw_deploy.nn import AnalogConv2d
+    from aihw_deploy.simulator.configs import ConstantStepDevice, SingleRPUConfig
+
+    torch.manual_seed(3)
+    layer = AnalogConv2d(3, 4, 3, padding=1, rpu_config=SingleRPUConfig(device=ConstantStepDevice()))
+    xs = [torch.rand(2, 3, 6, 5) for _ in range(2)]
+    for x in xs:
+        layer(x).sum().backward()
+    pending = layer._tiles[0]._pending
+    assert len(pending) == 2
+    for (cols, _), x in zip(pending, xs):
+        ref = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27)
+        assert torch.equal(cols[:, :27], ref)  # (+ the analog bias column)
+    assert pending[0][0].data_ptr() != pending[1][0].data_ptr()
+
+
+def test_conv_training_forward_equals_tile_forward_of_the_unfolded_input():
+    """The training forward (io_conv, rows layout) gives tile.forward(im2col(x)) bit for bit and
+    advances the tile's call counter the same way (InferenceTile with its modifier-free weights)."""
+    import copy
+
+    from aihw_deploy.nn import AnalogConv2d
+    from aihw_deploy.simulator.configs import InferenceRPUConfig
+
+    torch.manual_seed(4)
+    layer = AnalogConv2d(4, 6, 3, stride=2, padding=1, groups=2, rpu_config=InferenceRPUConfig())
+    twin = copy.deepcopy(layer)
+    x = torch.rand(3, 4, 9, 8)
+    y = layer(x)
+    rows = []
+    for g, tile in enumerate(twin._tiles):
+        cols = torch.from_numpy(unfold_reference(x[:, 2 * g:2 * g + 2], (3, 3), (2, 2), (1, 1), (1, 1)))
+        if tile.analog_bias:
+            cols = torch.cat([cols, torch.ones(cols.shape[0], 1)], 1)
+        rows.append(tile.forward(cols.contiguous()))
+    ref = torch.cat(rows, 1)
+    if twin.bias is not None:
+        ref = ref + twin.bias
+    ref = ref.reshape(3, 5, 4, 6).permute(0, 3, 1, 2)
+    assert torch.equal(y.detach(), ref.detach())
+    assert [t.call for t in layer._tiles] == [t.call for t in twin._tiles]

@@ -6,7 +6,7 @@ and a training step (MSE, AnalogSGD lr 0.01) for FloatingPointRPUConfig,
 SingleRPUConfig(ConstantStep), SingleRPUConfig(SoftBounds) and InferenceRPUConfig (eval-mode
 forward), each beside torch.nn.Linear/Conv2d with torch.optim.SGD.  Median ms and ratio.
 
-    python tools/bench_layers.py [--repeats 9] [--threads 2] [--quick] [--memory]
+    python tools/bench_layers.py [--repeats 9] [--threads 2] [--quick] [--memory] [--case Conv2d]
 
 "fwd" of InferenceRPUConfig is the eval-mode forward; the others are train-mode.  --memory adds
 the peak RSS growth of three training steps, each configuration in a fresh process.
@@ -127,6 +127,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
     ap.add_argument("--memory", action="store_true",
                     help="also report the peak RSS growth of 3 training steps (fresh process each)")
+    ap.add_argument("--case", default="", help="only the cases whose name contains this text (e.g. Conv2d)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
@@ -134,7 +135,11 @@ def main():
     print(f"threads={args.threads}, median of {reps} runs; x ~ U(0,1), targets ~ U(0,1); ratio = analog / torch")
     print(f"{'case':32s} {'config':14s} {'fwd ms':>8s} {'ratio':>6s} {'f+b ms':>8s} {'ratio':>6s} {'step ms':>8s} {'ratio':>6s}"
           + ("   mem MiB  ratio" if args.memory else ""))
-    for ci, (name, make_analog, make_torch, xshape) in enumerate(cases(args.quick)):
+    all_names = [c[0] for c in cases(False)]
+    for name, make_analog, make_torch, xshape in cases(args.quick):
+        if args.case.lower() not in name.lower():
+            continue
+        ci = all_names.index(name)  # (memory_child looks the case up in the full list)
         torch.manual_seed(0)
         x = torch.rand(*xshape)
         ref = make_torch()

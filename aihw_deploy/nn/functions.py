@@ -20,8 +20,38 @@ class AnalogFunction(torch.autograd.Function):
         tile = ctx.tile
         d = d.contiguous()
         grad_x = tile.backward(d) if ctx.needs_input_grad[0] else None
-        grad_w = None
-        if ctx.needs_input_grad[1] and not tile.pending_update(x, d):
-            scale = getattr(tile, "weight_gradient_scale", lambda: None)()
-            grad_w = (d * scale if scale is not None else d).t().mm(x)
+        grad_w = _weight_grad(tile, x, d) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None
+
+
+def _weight_grad(tile, x: Tensor, d: Tensor):
+    """dW = d^T x (times the tile's gradient scale), or None when the tile applies a pulsed
+    update itself from (x, d)."""
+    if tile.pending_update(x, d):
+        return None
+    scale = getattr(tile, "weight_gradient_scale", lambda: None)()
+    return (d * scale if scale is not None else d).t().mm(x)
+
+
+class AnalogConvFunction(torch.autograd.Function):
+    """One group tile of a convolution: the rows ``[N * L, out]`` that ``AnalogFunction`` gives for
+    the unfolded input ``conv.columns(x)``, computed by ``conv.rows(x, tile)`` without the unfolded
+    input in memory (rpucuda's io_conv, the same values).  Backward as ``AnalogFunction``; only
+    ``x`` is kept, the unfolded input is built again for the weight gradient or pulsed update, and
+    the input gradient is ``conv.input_grad(tile.backward(d))``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, tile, conv) -> Tensor:  # type: ignore[override]
+        ctx.tile = tile
+        ctx.conv = conv
+        ctx.save_for_backward(x)
+        return conv.rows(x, tile)
+
+    @staticmethod
+    def backward(ctx, d: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        tile, conv = ctx.tile, ctx.conv
+        d = d.contiguous()
+        grad_x = conv.input_grad(tile.backward(d)) if ctx.needs_input_grad[0] else None
+        grad_w = _weight_grad(tile, conv.columns(x), d) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, None, None

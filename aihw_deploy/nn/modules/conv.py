@@ -1,14 +1,20 @@
 """AnalogConv1d/2d/3d: convolution as an im2col product on analog tiles."""
 
 import math
+import sys
+import threading
 from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..functions import AnalogFunction
+from ..functions import AnalogConvFunction, AnalogFunction
 from ...ops import is_tracing
+from ...ops._encoding import io_bindings, mapping_bindings
+from ...ops._ops import conv_output_size
+from ...simulator.parameters import IOParameters
+from ...simulator.tiles import AnalogTile, FloatingPointTile, InferenceTile
 from ...simulator import rpu_base
 from .base import AnalogLayerBase
 
@@ -22,6 +28,38 @@ def _tuple(v: IntOrTuple, n: int, name: str, minimum: int) -> Tuple[int, ...]:
     return t
 
 
+class _ColumnsPool:
+    """Buffers for the unfolded input of the training path (tens of MB per step), reused: a new
+    one every step would fault all its pages in again (milliseconds), and one freed through
+    malloc would raise glibc's dynamic mmap threshold, after which smaller freed blocks stay in
+    the heap and the peak memory grows.  A buffer is handed out again once nothing but the pool
+    refers to it (no tensor shares its memory any more)."""
+
+    _PER_SHAPE = 8
+
+    def __init__(self):
+        self._buffers = {}
+        self._lock = threading.Lock()
+
+    def take(self, rows: int, cols: int):
+        """A float32 array [rows, cols] that nobody else uses, or None when the pool for this shape
+        is full and busy (the caller then allocates one of its own)."""
+        with self._lock:
+            bufs = self._buffers.setdefault((rows, cols), [])
+            for i in range(len(bufs)):
+                # references: the list, the argument of getrefcount; a tensor made by
+                # torch.from_numpy holds one more for as long as its storage lives
+                if sys.getrefcount(bufs[i]) == 2:
+                    return bufs[i]
+            if len(bufs) < self._PER_SHAPE:
+                bufs.append(rpu_base.tiles.new_array(rows, cols))
+                return bufs[-1]
+        return None
+
+
+_COLUMNS = _ColumnsPool()
+
+
 class _Unfold(torch.autograd.Function):
     """x [N, C, *S] -> columns [N * prod(L), C * prod(kernel) (+1)] (rpucuda's im2col); the
     gradient is its adjoint col2im."""
@@ -30,18 +68,97 @@ class _Unfold(torch.autograd.Function):
     def forward(ctx, x: Tensor, kernel, stride, padding, dilation, ones_column: bool) -> Tensor:  # type: ignore[override]
         ctx.geometry = (list(kernel), list(stride), list(padding), list(dilation))
         ctx.x_shape = x.shape
-        return torch.from_numpy(rpu_base.tiles.im2col(x.contiguous(), *ctx.geometry, ones_column=ones_column))
+        return _unfold_cpu(x, ctx.geometry, ones_column)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.empty(ctx.x_shape)
-            # the summation order of the torch im2col it replaces (F.unfold for 2-d, Tensor.unfold
-            # per dimension otherwise): the same gradients bit for bit
-            order = "fold" if len(ctx.geometry[0]) == 2 else "unfold"
-            rpu_base.tiles.col2im(grad.contiguous(), grad_x, *ctx.geometry, order=order)
+        grad_x = _col2im(grad, ctx.x_shape, ctx.geometry) if ctx.needs_input_grad[0] else None
         return grad_x, None, None, None, None, None
+
+
+class _GroupConv:
+    """The product of one group tile of a convolution on the CPU, for AnalogConvFunction: the
+    unfolded input (im2col / col2im) and the tile's forward rows by io_conv."""
+
+    def __init__(self, layer: "_AnalogConvNd", x_shape, tile):
+        self.x_shape = tuple(x_shape)
+        self.geometry = (list(layer.kernel_size), list(layer.stride), list(layer.padding), list(layer.dilation))
+        self.ones_column = tile.analog_bias
+
+    def columns(self, x: Tensor) -> Tensor:
+        return _unfold_cpu(x, self.geometry, self.ones_column)
+
+    def input_grad(self, grad_cols: Tensor) -> Tensor:
+        return _col2im(grad_cols, self.x_shape, self.geometry)
+
+    def rows(self, x: Tensor, tile) -> Tensor:
+        """tile.forward(self.columns(x)), with the same side effects (the call counter)."""
+        args = _forward_arguments(tile)
+        rows = x.shape[0] * math.prod(conv_output_size(x.shape[2:], *self.geometry))
+        y = torch.empty(rows, tile.out_size)
+        alpha = args["alpha"]
+        rpu_base.tiles.io_conv(args["weight"], x.detach().contiguous(), y, args["io"], args["mapping"],
+                               *self.geometry, 1, tile.analog_bias,
+                               None if alpha is None else alpha.reshape(1, -1).contiguous(), [args["seed"]],
+                               [args["call"]], layout="rows")
+        if args["out_scaling"] is not None:
+            y.mul_(args["out_scaling"])
+        return y
+
+
+_PERFECT_IO = IOParameters(is_perfect=True, out_noise=0.0).as_bindings()  # FloatingPointTile's
+
+
+def _io_conv_supports(tile) -> bool:
+    # (exact types: a subclass may compute its forward differently)
+    return type(tile) in (InferenceTile, FloatingPointTile, AnalogTile) and not getattr(tile, "on_cuda", False)
+
+
+def _forward_arguments(tile):
+    """What tile.forward passes to io_mvm on the CPU (weights, io, mapping, alpha, seed, call, and
+    the digital output scaling applied after it), advancing the tile's call counter as
+    tile.forward does (tiles of _io_conv_supports)."""
+    if isinstance(tile, InferenceTile):
+        a = tile.op_arguments(advance=True)
+        return {"weight": a["weight"].contiguous(), "io": io_bindings(tuple(float(v) for v in a["io"])),
+                "mapping": mapping_bindings(tuple(int(v) for v in a["mapping"])), "alpha": a["alpha"],
+                "seed": a["seed"], "call": a["call"], "out_scaling": a["out_scaling"]}
+    if isinstance(tile, FloatingPointTile):
+        return {"weight": tile.weight.detach().contiguous(), "io": _PERFECT_IO,
+                "mapping": tile.rpu_config.mapping.as_bindings(), "alpha": None, "seed": 0, "call": 0,
+                "out_scaling": None}
+    if isinstance(tile, AnalogTile):
+        n = tile._native
+        call = int(n.call_index)
+        n.set_generator(n.seed, call + 1)
+        return {"weight": n.get_weights(), "io": n.forward_io, "mapping": n.mapping, "alpha": None,
+                "seed": int(n.seed), "call": call, "out_scaling": None}
+    raise TypeError(f"io_conv: unsupported tile {type(tile).__name__}")
+
+
+def _unfold_cpu(x: Tensor, geometry, ones_column: bool) -> Tensor:
+    """rpucuda's im2col into a pooled buffer (no autograd)."""
+    kernel, stride, padding, dilation = geometry
+    rows = x.shape[0] * math.prod(conv_output_size(x.shape[2:], kernel, stride, padding, dilation))
+    out = _COLUMNS.take(rows, x.shape[1] * math.prod(kernel) + (1 if ones_column else 0))
+    return torch.from_numpy(rpu_base.tiles.im2col(x.detach().contiguous(), *geometry, ones_column=ones_column,
+                                                  out=out))
+
+
+def _check_span(x: Tensor, kernel, padding, dilation) -> None:
+    for i in range(len(kernel)):
+        span = (kernel[i] - 1) * dilation[i] + 1
+        if x.shape[2 + i] + 2 * padding[i] < span:
+            raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
+
+
+def _col2im(grad_cols: Tensor, x_shape, geometry) -> Tensor:
+    grad_x = torch.empty(x_shape)
+    # the summation order of the torch im2col this replaces (F.unfold for 2-d, Tensor.unfold per
+    # dimension otherwise): the same gradients bit for bit
+    order = "fold" if len(geometry[0]) == 2 else "unfold"
+    rpu_base.tiles.col2im(grad_cols.contiguous(), grad_x, *geometry, order=order)
+    return grad_x
 
 
 def _unfold_torch(x: Tensor, kernel: Tuple[int, ...], stride: Tuple[int, ...], padding: Tuple[int, ...],
@@ -70,10 +187,7 @@ def im2col(x: Tensor, kernel: Tuple[int, ...], stride: Tuple[int, ...], padding:
     """x [N, C, *S] -> columns [N * prod(L), C * prod(kernel) (+1 with ones_column)] and the output
     size L; row (n, *position), column (channel, *kernel offset), padding reads 0.  Differentiable."""
     d = len(kernel)
-    for i in range(d):
-        span = (kernel[i] - 1) * dilation[i] + 1
-        if x.shape[2 + i] + 2 * padding[i] < span:
-            raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
+    _check_span(x, kernel, padding, dilation)
     out_size = tuple((x.shape[2 + i] + 2 * padding[i] - (kernel[i] - 1) * dilation[i] - 1) // stride[i] + 1
                      for i in range(d))
     if x.device.type == "cpu":
@@ -128,12 +242,20 @@ class _AnalogConvNd(AnalogLayerBase):
         for g in range(self.groups):
             xg = x[:, g * cg:(g + 1) * cg] if self.groups > 1 else x
             tile = self._tiles[g]
+            if x.device.type == "cpu" and _io_conv_supports(tile):
+                # io_conv: the tile's rows without the unfolded input in memory
+                size = tuple(conv_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding,
+                                              self.dilation))
+                _check_span(x, self.kernel_size, self.padding, self.dilation)
+                xg = xg.contiguous()
+                outs.append(AnalogConvFunction.apply(xg, tile.weight, tile, _GroupConv(self, xg.shape, tile)))
+                continue
             # (the analog bias column comes with the unfolding: no copy of the columns)
             cols, size = im2col(xg, self.kernel_size, self.stride, self.padding, self.dilation, tile.analog_bias)
             outs.append(AnalogFunction.apply(cols, tile.weight, tile))
         y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         if self.bias is not None:
-            y = y + self.bias
+            y = y.add_(self.bias)  # (in place: the product is not kept by autograd)
         y = y.reshape(batch, *size, self.out_channels)
         return y.permute(0, n + 1, *range(1, n + 1))
 
