@@ -604,7 +604,11 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
 
   // The blocks are unfolded from a zero-padded copy of the input (geometry sp, no padding): the
   // same elements, and no padding cases in the unfolding loops.
-  std::vector<float> x_padded;
+  // (kept between calls, like io_mvm's buffers: a few MB allocated and freed per call would
+  // move glibc's dynamic mmap threshold and grow the heap)
+  // (references: the workers must reach the calling thread's buffers, not their own)
+  static thread_local std::vector<float> tl_x_padded, tl_amap, tl_mmap, tl_wt;
+  std::vector<float> &x_padded = tl_x_padded, &amap = tl_amap, &mmap = tl_mmap, &WT = tl_wt;
   const float *Xu = X;
   ConvShape sp = s;
   if (s.padding[0] > 0 || s.padding[1] > 0 || s.padding[2] > 0) {
@@ -635,7 +639,6 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
   ms.channels = 1;
   ms.image_stride = sp.in_volume();
   const int64_t V = sp.in_volume(), kv = s.kernel_volume();
-  std::vector<float> amap, mmap;
   if (!io.is_perfect) {
     amap.resize((size_t)(s.batch * V));
     mmap.resize((size_t)(s.batch * V));
@@ -647,7 +650,7 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
 
   // The weights (after read noise) transposed, WT[i * M + o]: analog_gemm_columns reads the
   // weights of one input for several outputs at once.
-  std::vector<float> WT((size_t)K * M);
+  WT.resize((size_t)K * M);
   {
     const float *Wsrc = io.is_perfect ? W : Wu;
     for (int o = 0; o < M; ++o)
