@@ -36,17 +36,6 @@ namespace {
 
 // ---- element kernels on a block of columns: element (i, j) at p[i * ld + j], j < nc ------------
 
-template <typename Body>
-RPU_CONV_AI void dispatch_qc(float step, float bound, Body &body) {
-  if (step > 0.0f) {
-    if (bound > 0.0f) body.template run<true, true>();
-    else body.template run<true, false>();
-  } else {
-    if (bound > 0.0f) body.template run<false, true>();
-    else body.template run<false, false>();
-  }
-}
-
 // Noise management needs max |x| and max x of each unfolded row (scan_row_body).  Both are
 // order-independent, so they come from per-pixel maps over the channels, unfolded like the
 // input: amap = max_c |x| (NaN where a channel is NaN), mmap = max_c x (NaNs skipped).

@@ -50,4 +50,17 @@ RPU_HD float quantize_clip_t(float v, float step, float bound, float u) {
   return v_in != v_in ? v_in : v;
 }
 
+// Calls body.template run<kQuant, kClip>() for the case of (step, bound), so element loops are
+// instantiated branch-free (used by the IO pipeline and the convolution pipeline).
+template <typename Body>
+inline void dispatch_qc(float step, float bound, Body &body) {
+  if (step > 0.0f) {
+    if (bound > 0.0f) body.template run<true, true>();
+    else body.template run<true, false>();
+  } else {
+    if (bound > 0.0f) body.template run<false, true>();
+    else body.template run<false, false>();
+  }
+}
+
 }  // namespace rpu

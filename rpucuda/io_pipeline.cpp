@@ -39,18 +39,6 @@ namespace {
 // Each kernel is a body template (kHw: the instruction set has a floor instruction, SSE4.1+)
 // instantiated as name_generic, name_avx2 and name_avx512; IO_CALL(name, (args)) picks one.
 
-// Calls body.template run<kQuant, kClip>() for the case of (step, bound).
-template <typename Body>
-RPU_AI void dispatch_qc(float step, float bound, Body &body) {
-  if (step > 0.0f) {
-    if (bound > 0.0f) body.template run<true, true>();
-    else body.template run<true, false>();
-  } else {
-    if (bound > 0.0f) body.template run<false, true>();
-    else body.template run<false, false>();
-  }
-}
-
 // max|x|, max x (NaNs skipped) and whether x has a NaN.
 template <bool kHw>
 RPU_AI void scan_row_body(const float *__restrict x, int L, float *amax_out, float *mx_out, int *nan_out) {
