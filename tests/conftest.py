@@ -108,3 +108,11 @@ def ort_library():
         return runtime.library_path()
     except FileNotFoundError:
         return None
+
+
+def cuda_only():
+    """pytest marks of a GPU test: the ``cuda`` marker, skipped without a CUDA build and a GPU."""
+    from aihw_deploy.simulator import cuda as rcuda
+
+    return [pytest.mark.cuda, pytest.mark.skipif(not rcuda.available(), reason="needs a CUDA build of rpucuda "
+                                                 "(rpu_base.cuda.is_compiled()) and a GPU")]

@@ -33,15 +33,9 @@ from aihw_deploy.simulator.parameters import (
 )
 
 
-def _cuda_available():
-    return bool(torch.cuda.is_available() and rpu_base.cuda.is_compiled() and rpu_base.cuda.device_count() > 0)
+from conftest import cuda_only  # noqa: E402
 
-
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA build of rpucuda (rpu_base.cuda.is_compiled()) "
-                       "and a GPU (torch.cuda.is_available())"),
-]
+pytestmark = cuda_only()
 
 DEVICE = torch.device("cuda")
 BM = BoundManagementType
