@@ -40,6 +40,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -82,6 +83,15 @@ PulseScales pulse_scales(float x_max, float d_max, float lr, float dw_min, const
 
 namespace {
 
+// Per-sample array elements of one chunk of samples (pulse by pulse, see pulsed_update()); the
+// environment variable RPU_PU_CHUNK (read at load time) sets another size, for tests: the
+// result does not depend on it.
+int64_t chunk_elements() {
+  const char *env = std::getenv("RPU_PU_CHUNK");
+  const long long v = env != nullptr ? std::atoll(env) : 0;
+  return v > 0 ? (int64_t)v : (int64_t)1 << 20;
+}
+const int64_t kChunkElements = chunk_elements();
 constexpr int kLanes = 64;        // Philox blocks per batch (the size rpu::philox_lanes fills)
 constexpr int kMaxBits = 64;      // pulse slots representable in a train
 constexpr float kXiBound = 8.0f;  // |xi| bound of the ConstantStep reach check
@@ -354,15 +364,21 @@ inline float apply_pulses(const DeviceParameters &par, const DeviceCell &cell, f
   return w;
 }
 
-// Everything phase 2 needs.  Input-line arrays are [N, K], output-line arrays [N, M].
+// Everything phase 2 needs, for the samples n0 .. n0+N-1 of the batch (a chunk: see
+// pulsed_update()).  Input-line arrays are [N, K], output-line arrays [N, M], indexed by the
+// sample's place in the chunk; sc holds the scales of the whole batch.
 struct Batch {
   int N = 0, M = 0, K = 0;
+  int64_t n0 = 0;
   float *W = nullptr;
   const DeviceArray *dev = nullptr;
   uint64_t seed = 0, call = 0;
   bool implicit = false, sto_round = false, noisy = false;
   float sigma = 0.0f, reach_fwd = 1.0f, reach_back = 0.0f;
   std::vector<PulseScales> sc;
+  const PulseScales &scale(int64_t n) const { return sc[n0 + n]; }  // n: place in the chunk
+  // pulse by pulse: the cycle-to-cycle stream of each row, continued from chunk to chunk
+  RowNormals *row_normals = nullptr;
   // stochastic trains: one of the 8-bit (all BL <= 8) and 64-bit forms
   bool narrow = true;
   int max_bits = 0;
@@ -395,7 +411,7 @@ struct Batch {
 inline int pair_count(const Batch &b, int64_t n, int64_t j, int64_t i, float u) {
   const int64_t t = n * b.M + j;
   if (!b.implicit) return __builtin_popcountll(b.xtrain(n * b.K + i) & b.dtrain(t));
-  const float v = b.xc[n * b.K + i] * b.dc[t] / (float)b.sc[n].bl;
+  const float v = b.xc[n * b.K + i] * b.dc[t] / (float)b.scale(n).bl;
   return (int)std::floor(v + u);
 }
 
@@ -442,13 +458,13 @@ __attribute__((always_inline)) inline void rows_pulse_by_pulse_t(const Batch &b,
   const int N = b.N, M = b.M, K = b.K;
   DeviceParameters par = b.dev->par;  // a local copy: no aliasing with W, constant type
   if (kType >= 0) par.type = (DeviceType)kType;
-  const StreamKey c2c(b.seed, TAG_PULSE_C2C, kC2cRow, b.call), rnd(b.seed, TAG_UPDATE_ROUND, 0, b.call);
+  const StreamKey rnd(b.seed, TAG_UPDATE_ROUND, 0, b.call);
   std::vector<float> uni(b.implicit && b.sto_round ? K : 0);
   std::vector<uint32_t> words;
   for (int64_t j = jb; j < je; ++j) {
     float *wrow = b.W + j * (int64_t)K;
     const DeviceCell *crow = b.dev->cells.data() + j * (int64_t)K;
-    RowNormals rn(c2c, j);
+    RowNormals &rn = b.row_normals[j];
     for (int64_t n = 0; n < N; ++n) {
       const int64_t t = n * M + j;
       if (!b.d_active(t)) continue;
@@ -479,7 +495,7 @@ __attribute__((always_inline)) inline void rows_pulse_by_pulse_t(const Batch &b,
           wrow[i] = apply_pulses(par, crow[i], wrow[i], (xneg[i] ^ dn) ? 1 : -1, count, b.noisy, rn);
         }
       } else {
-        if (b.sto_round) uniform_range(uni.data(), K, rnd, ((uint64_t)n * M + j) * K, words);
+        if (b.sto_round) uniform_range(uni.data(), K, rnd, ((uint64_t)(b.n0 + n) * M + j) * K, words);
         for (int k = 0; k < na; ++k) {
           const int i = act[k];
           const int count = pair_count(b, n, j, i, b.sto_round ? uni[i] : 0.5f);
@@ -540,10 +556,10 @@ void rows_constant_step(const Batch &b, int64_t jb, int64_t je) {
       if (b.implicit) {
         const float *u = nullptr;
         if (b.sto_round) {
-          uniform_range(uni.data(), K, rnd, ((uint64_t)n * M + j) * K, words);
+          uniform_range(uni.data(), K, rnd, ((uint64_t)(b.n0 + n) * M + j) * K, words);
           u = uni.data();
         }
-        accum_implicit(b.xc.data() + (int64_t)n * K, xneg, b.dc[t], (float)b.sc[n].bl, u, dn, tot.data(), upc.data(),
+        accum_implicit(b.xc.data() + (int64_t)n * K, xneg, b.dc[t], (float)b.scale(n).bl, u, dn, tot.data(), upc.data(),
                        K);
       } else if (u16_path) {
         if (b.max_bits == 1) accum_u8_1(b.x8.data() + (int64_t)n * K, xneg, dn, t16.data(), u16.data(), K);
@@ -591,7 +607,7 @@ void rows_constant_step(const Batch &b, int64_t jb, int64_t je) {
       } else {
         for (int n : act_n) {
           const float u = b.implicit && b.sto_round
-                              ? uniform_at(b.seed, TAG_UPDATE_ROUND, 0, b.call, ((uint64_t)n * M + j) * K + i)
+                              ? uniform_at(b.seed, TAG_UPDATE_ROUND, 0, b.call, ((uint64_t)(b.n0 + n) * M + j) * K + i)
                               : 0.5f;
           ev[ne] = n;
           evc[ne] = pair_count(b, n, j, i, u);
@@ -637,7 +653,7 @@ void build_slot_lists(Batch &b, bool constant_step) {
     for (int64_t n = nb; n < ne; ++n) {
       const uint64_t *x = b.x64.data() + n * K, *d = b.d64.data() + n * M;
       const uint8_t *xneg = b.xneg.data() + n * K;
-      const int bits = std::min(std::max(b.sc[n].bl, 0), kMaxBits);
+      const int bits = std::min(std::max(b.scale(n).bl, 0), kMaxBits);
       int32_t *off = b.slot_off.data() + n * 129;
       int32_t cnt[128] = {0};
       for (int g = 0; g < groups; ++g) {
@@ -721,7 +737,6 @@ void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N
       if (b.sc[n].bl > 0) b.sc[n] = pulse_scales(xmax[n], dmax[n], lr, dw_min, up, max_bl);
   }
 
-  b.N = N;
   b.M = M;
   b.K = K;
   b.W = W;
@@ -738,68 +753,87 @@ void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N
   b.narrow = b.max_bits <= 8;
   const bool constant_step = par.type == DeviceType::ConstantStep;
 
-  // ---- phase 1: pulse trains / counts of every line ----
-  const size_t NK = (size_t)N * K, NM = (size_t)N * M;
-  b.xneg.resize(NK);
-  b.dneg.resize(NM);
-  if (b.implicit) {
-    b.xc.resize(NK);
-    b.dc.resize(NM);
-  } else if (b.narrow) {
-    b.x8.resize(NK);
-    b.d8.resize(NM);
-  } else {
-    b.x64.resize(NK);
-    b.d64.resize(NM);
-  }
+  // Pulse by pulse, every row takes the samples in order, so the batch can go through phases 1
+  // and 2 in chunks of samples (each row's cycle-to-cycle stream continuing from chunk to
+  // chunk): the same result, with the per-sample arrays of one chunk in memory instead of the
+  // whole batch's (a convolution's update has one sample per output position).  ConstantStep
+  // counts over the whole batch first, so it takes the batch at once.
+  const int64_t chunk =
+      constant_step ? N : std::max<int64_t>(1, std::min<int64_t>(N, kChunkElements / std::max(K, M)));
+  std::vector<RowNormals> row_normals;
   if (!constant_step) {
-    b.xact.resize(NK);
-    b.nxact.resize(N);
+    const StreamKey c2c(seed, TAG_PULSE_C2C, kC2cRow, call);
+    row_normals.reserve(M);
+    for (int j = 0; j < M; ++j) row_normals.emplace_back(c2c, j);
+    b.row_normals = row_normals.data();
   }
   const StreamKey xkey(seed, TAG_PULSE_X, 0, call), dkey(seed, TAG_PULSE_D, 0, call);
-  parallel_for(N, 1, [&](int64_t nb, int64_t ne) {
-    TrainScratch ts;
-    for (int64_t n = nb; n < ne; ++n) {
-      const PulseScales &s = b.sc[n];
-      const float *x = X + n * K, *d = D + n * M;
-      uint8_t *xneg = b.xneg.data() + n * K, *dneg = b.dneg.data() + n * M;
-      if (b.implicit) {
-        float *xc = b.xc.data() + n * K, *dc = b.dc.data() + n * M;
-        for (int i = 0; i < K; ++i) {
-          xneg[i] = x[i] > 0.0f ? 0 : 0xFF;
-          xc[i] = s.bl > 0 ? std::round(min_or(s.x_scale * fabsf(x[i]), 1.0f) * s.bl) : 0.0f;
-        }
-        for (int j = 0; j < M; ++j) {
-          dneg[j] = d[j] > 0.0f ? 0 : 0xFF;
-          dc[j] = s.bl > 0 ? std::round(min_or(s.d_scale * fabsf(d[j]), 1.0f) * s.bl) : 0.0f;
-        }
-      } else {
-        const int bits = std::min(s.bl, kMaxBits);
-        make_trains(x, K, s.x_scale, bits, xkey, (uint64_t)n, b.narrow ? b.x8.data() + n * K : nullptr,
-                    b.narrow ? nullptr : b.x64.data() + n * K, xneg, ts);
-        make_trains(d, M, s.d_scale, bits, dkey, (uint64_t)n, b.narrow ? b.d8.data() + n * M : nullptr,
-                    b.narrow ? nullptr : b.d64.data() + n * M, dneg, ts);
-      }
-      if (!constant_step) {
-        int *act = b.xact.data() + n * K;
-        int na = 0;
-        for (int i = 0; i < K; ++i) {
-          const bool a = b.implicit ? b.xc[n * K + i] > 0.0f : b.xtrain(n * K + i) != 0;
-          act[na] = i;
-          na += a ? 1 : 0;
-        }
-        b.nxact[n] = na;
-      }
+  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    b.n0 = n0;
+    b.N = (int)std::min<int64_t>(chunk, N - n0);
+
+    // ---- phase 1: pulse trains / counts of every line ----
+    const size_t NK = (size_t)b.N * K, NM = (size_t)b.N * M;
+    b.xneg.resize(NK);
+    b.dneg.resize(NM);
+    if (b.implicit) {
+      b.xc.resize(NK);
+      b.dc.resize(NM);
+    } else if (b.narrow) {
+      b.x8.resize(NK);
+      b.d8.resize(NM);
+    } else {
+      b.x64.resize(NK);
+      b.d64.resize(NM);
     }
-  });
+    if (!constant_step) {
+      b.xact.resize(NK);
+      b.nxact.resize(b.N);
+    }
+    parallel_for(b.N, 1, [&](int64_t nb, int64_t ne) {
+      TrainScratch ts;
+      for (int64_t n = nb; n < ne; ++n) {  // (n: place in the chunk)
+        const PulseScales &s = b.scale(n);
+        const float *x = X + (n0 + n) * K, *d = D + (n0 + n) * M;
+        uint8_t *xneg = b.xneg.data() + n * K, *dneg = b.dneg.data() + n * M;
+        if (b.implicit) {
+          float *xc = b.xc.data() + n * K, *dc = b.dc.data() + n * M;
+          for (int i = 0; i < K; ++i) {
+            xneg[i] = x[i] > 0.0f ? 0 : 0xFF;
+            xc[i] = s.bl > 0 ? std::round(min_or(s.x_scale * fabsf(x[i]), 1.0f) * s.bl) : 0.0f;
+          }
+          for (int j = 0; j < M; ++j) {
+            dneg[j] = d[j] > 0.0f ? 0 : 0xFF;
+            dc[j] = s.bl > 0 ? std::round(min_or(s.d_scale * fabsf(d[j]), 1.0f) * s.bl) : 0.0f;
+          }
+        } else {
+          const int bits = std::min(s.bl, kMaxBits);
+          make_trains(x, K, s.x_scale, bits, xkey, (uint64_t)(n0 + n), b.narrow ? b.x8.data() + n * K : nullptr,
+                      b.narrow ? nullptr : b.x64.data() + n * K, xneg, ts);
+          make_trains(d, M, s.d_scale, bits, dkey, (uint64_t)(n0 + n), b.narrow ? b.d8.data() + n * M : nullptr,
+                      b.narrow ? nullptr : b.d64.data() + n * M, dneg, ts);
+        }
+        if (!constant_step) {
+          int *act = b.xact.data() + n * K;
+          int na = 0;
+          for (int i = 0; i < K; ++i) {
+            const bool a = b.implicit ? b.xc[n * K + i] > 0.0f : b.xtrain(n * K + i) != 0;
+            act[na] = i;
+            na += a ? 1 : 0;
+          }
+          b.nxact[n] = na;
+        }
+      }
+    });
 
-  // ---- phase 2: coincidences, row by row ----
-  if (!b.implicit && !b.narrow) build_slot_lists(b, constant_step);
+    // ---- phase 2: coincidences, row by row ----
+    if (!b.implicit && !b.narrow) build_slot_lists(b, constant_step);
 
-  parallel_for(M, 4, [&](int64_t jb, int64_t je) {
-    if (constant_step) rows_constant_step(b, jb, je);
-    else rows_pulse_by_pulse(b, jb, je);
-  });
+    parallel_for(M, 4, [&](int64_t jb, int64_t je) {
+      if (constant_step) rows_constant_step(b, jb, je);
+      else rows_pulse_by_pulse(b, jb, je);
+    });
+  }
 }
 
 }  // namespace rpu

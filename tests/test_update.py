@@ -273,3 +273,56 @@ def test_floating_point_tile_forward_backward_update():
     out = np.empty((N, M), np.float32)
     r = t.forward(x, out=out)
     assert r is out
+
+
+_CHUNK_SCRIPT = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, "tests")
+from conftest import analog_tile, f32
+from aihw_deploy.simulator.parameters import PulseType, UpdateParameters
+from aihw_deploy.simulator.configs import LinearStepDevice, SoftBoundsDevice
+out = {}
+for dev_name, dev in [("soft", SoftBoundsDevice(dw_min=0.01)), ("linear", LinearStepDevice(dw_min=0.01, gamma_up=0.5))]:
+    for name, up in [("wide", UpdateParameters(desired_bl=31)),
+                     ("narrow", UpdateParameters(desired_bl=5)),
+                     ("implicit", UpdateParameters(pulse_type=PulseType.DETERMINISTIC_IMPLICIT, sto_round=True))]:
+        g = np.random.default_rng(3)
+        N, M, K = 301, 5, 7
+        X = f32(g.uniform(-1, 1, size=(N, K)))
+        D = f32(g.uniform(-1, 1, size=(N, M)))
+        t = analog_tile(M, K, device=dev, update=up, seed=21)
+        t.learning_rate = 0.05
+        w0 = t.get_weights()
+        t.update(X, D)
+        t.update(X[:40], D[:40])
+        w = t.get_weights()
+        assert np.abs(w - w0).max() > 0, "no update"
+        out[dev_name + "/" + name] = w.tobytes().hex()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_pulse_by_pulse_update_does_not_depend_on_the_sample_chunk(chunk):
+    # Devices with a w-dependent step take a large batch in chunks of samples (bounded memory);
+    # every row still sees the samples in order and its cycle-to-cycle stream continues, so any
+    # chunk size (RPU_PU_CHUNK, in per-sample elements: 7 = one sample per chunk, 64 and 1000 =
+    # partial last chunks) gives the same bits as the whole batch at once.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(env_chunk):
+        env = dict(os.environ)
+        env.pop("RPU_PU_CHUNK", None)
+        if env_chunk is not None:
+            env["RPU_PU_CHUNK"] = str(env_chunk)
+        res = subprocess.run([sys.executable, "-c", _CHUNK_SCRIPT], env=env, capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    whole = run(None)  # 301 x 7 elements: one chunk by default
+    assert run(chunk) == whole

@@ -6,10 +6,11 @@ and a training step (MSE, AnalogSGD lr 0.01) for FloatingPointRPUConfig,
 SingleRPUConfig(ConstantStep), SingleRPUConfig(SoftBounds) and InferenceRPUConfig (eval-mode
 forward), each beside torch.nn.Linear/Conv2d with torch.optim.SGD.  Median ms and ratio.
 
-    python tools/bench_layers.py [--repeats 9] [--threads 2] [--quick] [--memory] [--case Conv2d]
+    python tools/bench_layers.py [--rounds 5] [--repeats 5] [--threads 2] [--quick] [--memory] [--case Conv2d]
 
-"fwd" of InferenceRPUConfig is the eval-mode forward; the others are train-mode.  --memory adds
-the peak RSS growth of three training steps, each configuration in a fresh process.
+"fwd" of InferenceRPUConfig is the eval-mode forward; the others are train-mode.  The models of a
+case are timed in interleaved rounds (see measure_interleaved).  --memory adds the peak RSS growth
+of three training steps, each configuration in fresh processes (median of 5).
 """
 
 import argparse
@@ -55,30 +56,42 @@ CONFIGS = [("FloatingPoint", FloatingPointRPUConfig), ("ConstantStep", lambda: S
            ("SoftBounds", lambda: SingleRPUConfig(device=SoftBoundsDevice())), ("Inference", InferenceRPUConfig)]
 
 
-def measure(model, x, y, repeats, opt_cls, eval_forward):
+def timing_functions(model, x, y, opt_cls, eval_forward):
+    """The three timed operations of one model: forward (no grad; eval mode if eval_forward),
+    forward + backward, and a training step."""
     opt = opt_cls(model.parameters(), lr=0.01)
 
     def fwd():
+        model.train(not eval_forward)
         with torch.no_grad():
             model(x)
 
     def fwd_bwd():
+        model.train()
         model.zero_grad()
         mse_loss(model(x), y).backward()
 
     def step():
+        model.train()
         opt.zero_grad()
         mse_loss(model(x), y).backward()
         opt.step()
 
-    model.train()
-    r_step = median_ms(step, repeats)
-    r_fb = median_ms(fwd_bwd, repeats)
-    if eval_forward:
-        model.eval()
-    r_fwd = median_ms(fwd, repeats)
-    model.train()
-    return r_fwd, r_fb, r_step
+    return {"fwd": fwd, "fb": fwd_bwd, "step": step}
+
+
+def measure_interleaved(fns, repeats, rounds):
+    """Median ms of every (model, operation): `rounds` rounds, in each every model and operation
+    in turn (median of `repeats` calls), then the median over the rounds.  Interleaving gives
+    every model the same conditions: torch's own convolution, for one, runs at 0.85 ms or at
+    2-3.5 ms depending on whether glibc hands its buffers back fresh from the OS (thousands of page
+    faults per call), which changes with the allocation history of the process."""
+    per = {name: {k: [] for k in ops} for name, ops in fns.items()}
+    for _ in range(rounds):
+        for name, ops in fns.items():
+            for k, fn in ops.items():
+                per[name][k].append(median_ms(fn, repeats))
+    return {name: {k: statistics.median(v) for k, v in ks.items()} for name, ks in per.items()}, per
 
 
 def memory_child(case_index: int, config: str) -> None:
@@ -111,10 +124,15 @@ def memory_child(case_index: int, config: str) -> None:
     print((status("VmHWM:") - base) / 1024.0)
 
 
-def memory_growth(case_index: int, config: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(case_index), config],
-                         capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+def memory_growth(case_index: int, config: str, runs: int = 5) -> float:
+    """Median over `runs` fresh processes (the peak RSS growth of one process varies by several MiB
+    with the state of glibc's heap)."""
+    vals = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(case_index), config],
+                             capture_output=True, text=True, check=True)
+        vals.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(vals)
 
 
 def main():
@@ -122,17 +140,19 @@ def main():
         memory_child(int(sys.argv[2]), sys.argv[3])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=5, help="calls per round (median)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median of the round medians)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    ap.add_argument("--quick", action="store_true", help="fewer sizes and rounds")
     ap.add_argument("--memory", action="store_true",
-                    help="also report the peak RSS growth of 3 training steps (fresh process each)")
+                    help="also report the peak RSS growth of 3 training steps (median of 5 fresh processes)")
     ap.add_argument("--case", default="", help="only the cases whose name contains this text (e.g. Conv2d)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
-    reps = 5 if args.quick else args.repeats
-    print(f"threads={args.threads}, median of {reps} runs; x ~ U(0,1), targets ~ U(0,1); ratio = analog / torch")
+    rounds = 3 if args.quick else args.rounds
+    print(f"threads={args.threads}; {rounds} interleaved rounds of {args.repeats} calls, median; x ~ U(0,1), "
+          "targets ~ U(0,1); ratio = analog / torch")
     print(f"{'case':32s} {'config':14s} {'fwd ms':>8s} {'ratio':>6s} {'f+b ms':>8s} {'ratio':>6s} {'step ms':>8s} {'ratio':>6s}"
           + ("   mem MiB  ratio" if args.memory else ""))
     all_names = [c[0] for c in cases(False)]
@@ -145,21 +165,24 @@ def main():
         ref = make_torch()
         with torch.no_grad():
             y = torch.rand_like(ref(x))
-        t_fwd, t_fb, t_step = measure(ref, x, y, reps, torch.optim.SGD, False)
-        t_mem = memory_growth(ci, "torch") if args.memory else 0.0
-        mem = f"  {t_mem:8.1f}   1.00" if args.memory else ""
-        print(f"{name:32s} {'torch':14s} {t_fwd:8.3f} {'1.00':>6s} {t_fb:8.3f} {'1.00':>6s} {t_step:8.3f} {'1.00':>6s}{mem}",
-              flush=True)
+        fns = {"torch": timing_functions(ref, x, y, torch.optim.SGD, False)}
         for cname, cfg in CONFIGS:
             torch.manual_seed(0)
-            model = make_analog(cfg=cfg())
-            a_fwd, a_fb, a_step = measure(model, x, y, reps, AnalogSGD, cname == "Inference")
+            fns[cname] = timing_functions(make_analog(cfg=cfg()), x, y, AnalogSGD, cname == "Inference")
+        med, per = measure_interleaved(fns, args.repeats, rounds)
+        t = med["torch"]
+        t_mem = memory_growth(ci, "torch") if args.memory else 0.0
+        for cname in fns:
+            a = med[cname]
             mem = ""
             if args.memory:
-                a_mem = memory_growth(ci, cname)
+                a_mem = t_mem if cname == "torch" else memory_growth(ci, cname)
                 mem = f"  {a_mem:8.1f} {a_mem / max(t_mem, 0.1):6.2f}"
-            print(f"{'':32s} {cname:14s} {a_fwd:8.3f} {a_fwd / t_fwd:6.2f} {a_fb:8.3f} {a_fb / t_fb:6.2f} "
-                  f"{a_step:8.3f} {a_step / t_step:6.2f}{mem}", flush=True)
+            print(f"{name if cname == 'torch' else '':32s} {cname:14s} {a['fwd']:8.3f} {a['fwd'] / t['fwd']:6.2f} "
+                  f"{a['fb']:8.3f} {a['fb'] / t['fb']:6.2f} {a['step']:8.3f} {a['step'] / t['step']:6.2f}{mem}",
+                  flush=True)
+        fr = per["torch"]["fwd"]
+        print(f"{'':32s} (torch fwd by round: {min(fr):.3f} .. {max(fr):.3f} ms)", flush=True)
 
 
 if __name__ == "__main__":
