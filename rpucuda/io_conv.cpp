@@ -598,44 +598,46 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
   // (references: the workers must reach the calling thread's buffers, not their own)
   static thread_local std::vector<float> tl_x_padded, tl_amap, tl_mmap, tl_wt;
   std::vector<float> &x_padded = tl_x_padded, &amap = tl_amap, &mmap = tl_mmap, &WT = tl_wt;
-  const float *Xu = X;
+  const bool padded = s.padding[0] > 0 || s.padding[1] > 0 || s.padding[2] > 0;
   ConvShape sp = s;
-  if (s.padding[0] > 0 || s.padding[1] > 0 || s.padding[2] > 0) {
+  if (padded) {
     for (int d = 0; d < 3; ++d) {
       sp.in[d] = s.in[d] + 2 * s.padding[d];
       sp.padding[d] = 0;
     }
     sp.image_stride = s.channels * sp.in_volume();
     x_padded.resize((size_t)(s.batch * sp.image_stride));
-    float *xp = x_padded.data();
-    parallel_for_dynamic(s.batch * s.channels, 4, [&](int64_t b, int64_t e) {
-      for (int64_t q = b; q < e; ++q) {
-        const int64_t n = q / s.channels, c = q % s.channels;
-        const float *src = X + n * s.image_stride + c * s.in_volume();
-        float *dst = xp + q * sp.in_volume();
-        std::memset(dst, 0, sizeof(float) * sp.in_volume());
-        for (int64_t i0 = 0; i0 < s.in[0]; ++i0)
-          for (int64_t i1 = 0; i1 < s.in[1]; ++i1)
-            std::memcpy(dst + ((i0 + s.padding[0]) * sp.in[1] + i1 + s.padding[1]) * sp.in[2] + s.padding[2],
-                        src + (i0 * s.in[1] + i1) * s.in[2], sizeof(float) * s.in[2]);
-      }
-    });
-    Xu = xp;
   }
+  const float *Xu = padded ? x_padded.data() : X;
   // Noise-management maps of every image (see pixel_maps_body), unfolded per block as a
-  // one-channel input with the same geometry.
+  // one-channel input with the same geometry; max x only for noise management MAX.
   ConvShape ms = sp;
   ms.channels = 1;
   ms.image_stride = sp.in_volume();
   const int64_t V = sp.in_volume(), kv = s.kernel_volume();
+  const bool need_mx = io.noise_management == NoiseManagementType::Max;
   if (!io.is_perfect) {
     amap.resize((size_t)(s.batch * V));
     mmap.resize((size_t)(s.batch * V));
-    parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n)
-        CONV_CALL(pixel_maps, (Xu + n * sp.image_stride, s.channels, V, amap.data() + n * V, mmap.data() + n * V));
-    });
   }
+  // Per image (one pass while it is in cache): the padded copy, then the maps.
+  if (padded || !io.is_perfect)
+    parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) {
+        if (padded)
+          for (int64_t c = 0; c < s.channels; ++c) {
+            const float *src = X + n * s.image_stride + c * s.in_volume();
+            float *dst = x_padded.data() + n * sp.image_stride + c * V;
+            std::memset(dst, 0, sizeof(float) * V);
+            for (int64_t i0 = 0; i0 < s.in[0]; ++i0)
+              for (int64_t i1 = 0; i1 < s.in[1]; ++i1)
+                std::memcpy(dst + ((i0 + s.padding[0]) * sp.in[1] + i1 + s.padding[1]) * sp.in[2] + s.padding[2],
+                            src + (i0 * s.in[1] + i1) * s.in[2], sizeof(float) * s.in[2]);
+          }
+        if (!io.is_perfect)
+          CONV_CALL(pixel_maps, (Xu + n * sp.image_stride, s.channels, V, amap.data() + n * V, mmap.data() + n * V));
+      }
+    });
 
   // The weights (after read noise) transposed, WT[i * M + o]: analog_gemm_columns reads the
   // weights of one input for several outputs at once.
@@ -714,8 +716,10 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
       }
       mb.fill(amap.data(), false, 0, kv, mt.data(), R);
       CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, amax, nan));
-      mb.fill(mmap.data(), false, 0, kv, mt.data(), R);
-      CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, mx, cnt));  // (cnt: scratch, mmap has no NaN)
+      if (need_mx) {
+        mb.fill(mmap.data(), false, 0, kv, mt.data(), R);
+        CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, mx, cnt));  // (cnt: scratch, mmap has no NaN)
+      }
       bool any_zero = false;
       for (int j = 0; j < nr; ++j) {
         sn[j] = noise_scale(io, nan[j] ? NAN : amax[j], mx[j]);

@@ -105,12 +105,14 @@ __attribute__((target("avx512f"))) inline __attribute__((always_inline)) void ph
     __m512i x0, __m512i x1, __m512i x2, __m512i x3, uint32_t ka, uint32_t kb, uint32_t (*w)[kLanes], int l) {
   const __m512i M0 = _mm512_set1_epi32((int)0xD2511F53u), M1 = _mm512_set1_epi32((int)0xCD9E8D57u);
   for (int r = 0; r < 10; ++r) {
-    const __m512i pe0 = _mm512_mul_epu32(x0, M0), po0 = _mm512_mul_epu32(_mm512_srli_epi64(x0, 32), M0);
-    const __m512i pe1 = _mm512_mul_epu32(x2, M1), po1 = _mm512_mul_epu32(_mm512_srli_epi64(x2, 32), M1);
-    const __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, pe0, _mm512_slli_epi64(po0, 32));
-    const __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe0, 32), po0);
-    const __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, pe1, _mm512_slli_epi64(po1, 32));
-    const __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe1, 32), po1);
+    // 64-bit products of the even lanes (pe) and of the odd lanes (po, halves swapped down);
+    // the low and high words put in place with one masked half-swap each
+    const __m512i pe0 = _mm512_mul_epu32(x0, M0), po0 = _mm512_mul_epu32(_mm512_shuffle_epi32(x0, _MM_PERM_CDAB), M0);
+    const __m512i pe1 = _mm512_mul_epu32(x2, M1), po1 = _mm512_mul_epu32(_mm512_shuffle_epi32(x2, _MM_PERM_CDAB), M1);
+    const __m512i lo0 = _mm512_mask_shuffle_epi32(pe0, 0xAAAA, po0, _MM_PERM_CDAB);
+    const __m512i hi0 = _mm512_mask_shuffle_epi32(po0, 0x5555, pe0, _MM_PERM_CDAB);
+    const __m512i lo1 = _mm512_mask_shuffle_epi32(pe1, 0xAAAA, po1, _MM_PERM_CDAB);
+    const __m512i hi1 = _mm512_mask_shuffle_epi32(po1, 0x5555, pe1, _MM_PERM_CDAB);
     x0 = _mm512_ternarylogic_epi32(hi1, x1, _mm512_set1_epi32((int)ka), 0x96);
     x2 = _mm512_ternarylogic_epi32(hi0, x3, _mm512_set1_epi32((int)kb), 0x96);
     x1 = lo1;
