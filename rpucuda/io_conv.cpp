@@ -8,6 +8,7 @@
 #include "io_conv.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -39,8 +40,9 @@ namespace {
 // Noise management needs max |x| and max x of each unfolded row (scan_row_body).  Both are
 // order-independent, so they come from per-pixel maps over the channels, unfolded like the
 // input: amap = max_c |x| (NaN where a channel is NaN), mmap = max_c x (NaNs skipped).
+// Returns whether any element is NaN or Inf.
 template <bool kHw>
-RPU_CONV_AI void pixel_maps_body(const float *__restrict x, int64_t C, int64_t V, float *__restrict amap,
+RPU_CONV_AI bool pixel_maps_body(const float *__restrict x, int64_t C, int64_t V, float *__restrict amap,
                                  float *__restrict mmap) {
   for (int64_t v = 0; v < V; ++v) {
     amap[v] = 0.0f;
@@ -48,19 +50,22 @@ RPU_CONV_AI void pixel_maps_body(const float *__restrict x, int64_t C, int64_t V
   }
   std::vector<int> nan_v(V, 0);
   int *__restrict nan = nan_v.data();
+  int bad = 0;
   for (int64_t c = 0; c < C; ++c) {
     const float *xc = x + c * V;
-#pragma omp simd
+#pragma omp simd reduction(| : bad)
     for (int64_t v = 0; v < V; ++v) {
       const float e = xc[v];
       const float ae = fabsf(e);
       amap[v] = ae > amap[v] ? ae : amap[v];
       mmap[v] = e > mmap[v] ? e : mmap[v];
       nan[v] |= (e != e);
+      bad |= !(ae <= 3.40282347e38f);  // NaN or Inf
     }
   }
   for (int64_t v = 0; v < V; ++v)
     if (nan[v]) amap[v] = NAN;
+  return bad != 0;
 }
 
 // Column-wise maximum of L rows (a NaN sets nan[j] and is otherwise skipped), into acc.
@@ -176,7 +181,7 @@ RPU_CONV_AI void adc_cols_body(float *y, int L, int nc, int ld, float noise, con
 #define CONV_CALL(name, args) name##_generic args
 #endif
 
-RPU_CONV_KERNEL(void, pixel_maps, (const float *x, int64_t C, int64_t V, float *amap, float *mmap),
+RPU_CONV_KERNEL(bool, pixel_maps, (const float *x, int64_t C, int64_t V, float *amap, float *mmap),
                 (x, C, V, amap, mmap))
 RPU_CONV_KERNEL(void, max_cols, (const float *x, int L, int nc, int ld, float *acc, int *nan), (x, L, nc, ld, acc, nan))
 RPU_CONV_KERNEL(void, dac_cols,
@@ -503,8 +508,10 @@ void io_conv_unfolded(const float *W, int M, int K, const float *X, const ConvSh
 
 void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, bool ones_column, float *Y,
              const ConvOutputLayout &yl, const IOParameters &io, const MappingParameter &map,
-             bool bound_management, const float *alpha, int n_alpha, const float *bias, const MVMCall &rng) {
+             bool bound_management, const float *alpha, int n_alpha, const float *bias, const MVMCall &rng,
+             bool *nonfinite) {
   const int64_t rows = s.rows(), L = s.out_volume();
+  if (nonfinite != nullptr) *nonfinite = false;
   if (rows <= 0 || M <= 0) return;
   const int g_simd = simd_level();
   const float inp_step = quant_step(io.inp_res, io.inp_bound);
@@ -514,7 +521,26 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
       io.is_perfect || (K <= tile_cols && !(io.inp_sto_round && inp_step > 0.0f) &&
                         !(io.out_sto_round && out_step > 0.0f) &&
                         io.noise_management != NoiseManagementType::AverageAbsMax);
+  // Every input element of this group: NaN or Inf?
+  auto scan_nonfinite = [&](int64_t n) {
+    int bad = 0;
+    for (int64_t c = 0; c < s.channels; ++c) {
+      const float *p = X + n * s.image_stride + c * s.in_volume();
+      const int64_t V0 = s.in_volume();
+#pragma omp simd reduction(| : bad)
+      for (int64_t v = 0; v < V0; ++v) bad |= !(fabsf(p[v]) <= 3.40282347e38f);
+    }
+    return bad != 0;
+  };
+  std::atomic<bool> any_nonfinite{false};
   if (!columns_path) {
+    if (nonfinite != nullptr) {
+      parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n)
+          if (scan_nonfinite(n)) any_nonfinite.store(true, std::memory_order_relaxed);
+      });
+      *nonfinite = any_nonfinite.load();
+    }
     io_conv_unfolded(W, M, K, X, s, ones_column, Y, yl, io, map, bound_management, alpha, n_alpha, bias, rng);
     return;
   }
@@ -620,8 +646,9 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
     amap.resize((size_t)(s.batch * V));
     mmap.resize((size_t)(s.batch * V));
   }
-  // Per image (one pass while it is in cache): the padded copy, then the maps.
-  if (padded || !io.is_perfect)
+  // Per image (one pass while it is in cache): the padded copy, then the maps (and the check for
+  // NaN and Inf, with the maps or on its own).
+  if (padded || !io.is_perfect || nonfinite != nullptr)
     parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) {
         if (padded)
@@ -634,10 +661,15 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
                 std::memcpy(dst + ((i0 + s.padding[0]) * sp.in[1] + i1 + s.padding[1]) * sp.in[2] + s.padding[2],
                             src + (i0 * s.in[1] + i1) * s.in[2], sizeof(float) * s.in[2]);
           }
+        bool bad = false;
         if (!io.is_perfect)
-          CONV_CALL(pixel_maps, (Xu + n * sp.image_stride, s.channels, V, amap.data() + n * V, mmap.data() + n * V));
+          bad = CONV_CALL(pixel_maps, (Xu + n * sp.image_stride, s.channels, V, amap.data() + n * V, mmap.data() + n * V));
+        else if (nonfinite != nullptr)
+          bad = scan_nonfinite(n);
+        if (bad) any_nonfinite.store(true, std::memory_order_relaxed);
       }
     });
+  if (nonfinite != nullptr) *nonfinite = any_nonfinite.load();
 
   // The weights (after read noise) transposed, WT[i * M + o]: analog_gemm_columns reads the
   // weights of one input for several outputs at once.

@@ -28,8 +28,11 @@ struct ConvOutputLayout {
 // element step runs over 16 positions at once.  Configurations the columns path does not cover
 // (several tiles along the input, stochastic rounding, average noise management) take
 // im2col + io_mvm.
+// nonfinite (if not null) is set to whether any input element of the group is NaN or Inf (found
+// in the pass that computes the noise-management maps, so the check costs no extra pass).
 void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, bool ones_column, float *Y,
              const ConvOutputLayout &y_layout, const IOParameters &io, const MappingParameter &map,
-             bool bound_management, const float *alpha, int n_alpha, const float *bias, const MVMCall &rng);
+             bool bound_management, const float *alpha, int n_alpha, const float *bias, const MVMCall &rng,
+             bool *nonfinite = nullptr);
 
 }  // namespace rpu

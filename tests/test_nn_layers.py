@@ -199,6 +199,25 @@ def test_bad_inputs_name_the_layer():
         layer(torch.full((1, 64), float("nan")))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("config", ["fp", "cs", "inf"])
+@pytest.mark.parametrize("mode", ["train", "eval", "eval_grad"])
+def test_conv_rejects_non_finite_input_in_every_path(bad, config, mode):
+    # On the CPU the convolution finds NaN and Inf in its own pass over the input (io_conv), in
+    # training and in eval; one bad element, in the last channel of the second group and the last
+    # image, is enough.  Floating-point layers in eval run F.conv2d and are checked beforehand.
+    cfg = {"fp": FloatingPointRPUConfig, "cs": lambda: SingleRPUConfig(device=ConstantStepDevice()),
+           "inf": InferenceRPUConfig}[config]()
+    layer = AnalogConv2d(4, 6, 3, padding=1, groups=2, rpu_config=cfg)
+    layer.train(mode == "train")
+    x = torch.rand(3, 4, 5, 5)
+    with torch.set_grad_enabled(mode != "eval"):
+        layer(x)  # finite: fine
+        x[2, 3, 4, 4] = bad
+        with pytest.raises(ValueError, match=r"AnalogConv2d\(in_channels=4\): input contains NaN or Inf"):
+            layer(x)
+
+
 def test_cuda_request_is_clear_without_cuda_build():
     from aihw_deploy.simulator import rpu_base
 

@@ -9,7 +9,7 @@ per analog layer and the caller advances the tile's call counter outside the gra
 """
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -70,8 +70,7 @@ def _mvm(x2d: Tensor, weight: Tensor, alpha: Optional[Tensor], io, mapping, seed
 
 
 # -- analog_mvm ------------------------------------------------------------------------------------
-@torch.library.custom_op("aihw::analog_mvm", mutates_args=())
-def analog_mvm(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], io: List[float],
+def analog_mvm_eager(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], io: List[float],
                mapping: List[int], seed: int, call: int) -> Tensor:
     """``y = io_mvm(weight, x) (+ bias)``: the analog product of one layer.
 
@@ -101,6 +100,11 @@ def analog_mvm(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optiona
     return y.reshape(*lead, m)
 
 
+# The op as torch.export / torch.compile / ONNX export see it; eager callers outside tracing may call
+# analog_mvm_eager itself (the same function, without the dispatcher's ~50 us per call).
+analog_mvm = torch.library.custom_op("aihw::analog_mvm", mutates_args=())(analog_mvm_eager)
+
+
 @analog_mvm.register_fake
 def _analog_mvm_fake(x, weight, bias, alpha, io, mapping, seed, call):
     torch._check(x.shape[-1] == weight.shape[1], lambda: "aihw::analog_mvm: x and weight sizes differ")
@@ -113,8 +117,7 @@ def conv_output_size(size: Sequence[int], kernel: Sequence[int], stride: Sequenc
     return [(s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in zip(size, kernel, stride, padding, dilation)]
 
 
-@torch.library.custom_op("aihw::analog_conv", mutates_args=())
-def analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], io: List[float],
+def analog_conv_eager(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], io: List[float],
                 mapping: List[int], kernel_size: List[int], stride: List[int], padding: List[int],
                 dilation: List[int], groups: int, analog_bias: bool, seeds: List[int], calls: List[int]) -> Tensor:
     """Convolution (1, 2 or 3 spatial dims) as im2col + one analog product per group tile (on the
@@ -132,6 +135,16 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Option
 
     Returns: float32 ``[N, M, *out_spatial]``.
     """
+    return _analog_conv(x, weight, bias, alpha, io, mapping, kernel_size, stride, padding, dilation, groups,
+                        analog_bias, seeds, calls)[0]
+
+
+def _analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], io: List[float],
+                 mapping: List[int], kernel_size: List[int], stride: List[int], padding: List[int],
+                 dilation: List[int], groups: int, analog_bias: bool, seeds: List[int], calls: List[int],
+                 check_finite: bool = False) -> Tuple[Tensor, bool]:
+    """analog_conv_eager, and with ``check_finite`` whether x has no NaN or Inf (on the CPU found in
+    the pass that reads the input anyway): ``(y, finite)``."""
     from ..nn.modules.conv import im2col  # lazy: aihw_deploy.nn imports this module
 
     op = "aihw::analog_conv"
@@ -160,7 +173,8 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Option
     map_b = mapping_bindings(tuple(int(v) for v in mapping))
     if not x.is_cuda:
         return _conv_cpu(x, weight, bias, alpha, io_b, map_b, kernel_size, stride, padding, dilation, groups,
-                         analog_bias, seeds, calls)
+                         analog_bias, seeds, calls, check_finite)
+    finite = bool(torch.isfinite(x).all()) if check_finite else True
     batch = x.shape[0]
     k, st, p, dl = tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation)
     outs = []
@@ -176,13 +190,13 @@ def analog_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Option
     if bias is not None:
         y = y + bias
     y = y.reshape(batch, *size, m)
-    return y.permute(0, d + 1, *range(1, d + 1)).contiguous()
+    return y.permute(0, d + 1, *range(1, d + 1)).contiguous(), finite
 
 
 def _conv_cpu(x, weight, bias, alpha, io_b, map_b, kernel_size, stride, padding, dilation, groups, analog_bias,
-              seeds, calls) -> Tensor:
+              seeds, calls, check_finite=False) -> Tuple[Tensor, bool]:
     """rpucuda's io_conv: im2col + io_mvm per group without the unfolded input in memory, written
-    straight into [N, M, *out] (the same values bit for bit)."""
+    straight into [N, M, *out] (the same values bit for bit); (y, whether x is finite)."""
     d, m = len(kernel_size), weight.shape[0]
     for i in range(d):
         span = (kernel_size[i] - 1) * dilation[i] + 1
@@ -190,12 +204,16 @@ def _conv_cpu(x, weight, bias, alpha, io_b, map_b, kernel_size, stride, padding,
             raise ValueError(f"input spatial size {x.shape[2 + i]} (after padding) is smaller than the kernel span {span}")
     y = torch.empty(x.shape[0], m, *conv_output_size(x.shape[2:], kernel_size, stride, padding, dilation))
     if y.numel() == 0:
-        return y
-    rpu_base.tiles.io_conv(weight.contiguous(), x.contiguous(), y, io_b, map_b, list(kernel_size), list(stride),
-                           list(padding), list(dilation), groups, analog_bias,
-                           None if alpha is None else alpha.contiguous(), [int(v) for v in seeds],
-                           [int(v) for v in calls], bias=None if bias is None else bias.detach().contiguous())
-    return y
+        return y, (bool(torch.isfinite(x).all()) if check_finite else True)
+    finite = rpu_base.tiles.io_conv(weight.contiguous(), x.contiguous(), y, io_b, map_b, list(kernel_size),
+                                    list(stride), list(padding), list(dilation), groups, analog_bias,
+                                    None if alpha is None else alpha.contiguous(), [int(v) for v in seeds],
+                                    [int(v) for v in calls], bias=None if bias is None else bias.detach().contiguous(),
+                                    check_finite=check_finite)
+    return y, finite
+
+
+analog_conv = torch.library.custom_op("aihw::analog_conv", mutates_args=())(analog_conv_eager)  # (see analog_mvm)
 
 
 @analog_conv.register_fake

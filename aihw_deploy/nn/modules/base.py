@@ -114,7 +114,9 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
                              "out_scaling": None})
         return args
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, finite: bool = True) -> None:
+        """Type, dtype and device of the input; NaN and Inf too unless ``finite`` is False (a caller
+        whose own computation checks them: the CPU convolution, in its pass over the input)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{self._layer_name()}: input must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype != torch.float32:
@@ -123,8 +125,11 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
         if x.device != dev:
             raise ValueError(f"{self._layer_name()}: input is on {x.device}, but the layer is on {dev} "
                              f"(move one of them: layer.to(x.device) or x.to({str(dev)!r}))")
-        if not is_tracing() and x.numel() and not _all_finite(x):
-            raise ValueError(f"{self._layer_name()}: input contains NaN or Inf")
+        if finite and not is_tracing() and x.numel() and not _all_finite(x):
+            self._raise_nonfinite()
+
+    def _raise_nonfinite(self):
+        raise ValueError(f"{self._layer_name()}: input contains NaN or Inf")
 
     # -- devices -------------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):

@@ -12,7 +12,7 @@ from torch import Tensor
 from ..functions import AnalogConvFunction, AnalogFunction
 from ...ops import is_tracing
 from ...ops._encoding import io_bindings, mapping_bindings
-from ...ops._ops import conv_output_size
+from ...ops._ops import _analog_conv, conv_output_size
 from ...simulator.parameters import IOParameters
 from ...simulator.tiles import AnalogTile, FloatingPointTile, InferenceTile
 from ...simulator import rpu_base
@@ -84,6 +84,7 @@ class _GroupConv:
         self.x_shape = tuple(x_shape)
         self.geometry = (list(layer.kernel_size), list(layer.stride), list(layer.padding), list(layer.dilation))
         self.ones_column = tile.analog_bias
+        self.input_finite = True  # (set by rows(): no NaN or Inf in x)
 
     def columns(self, x: Tensor) -> Tensor:
         return _unfold_cpu(x, self.geometry, self.ones_column)
@@ -97,10 +98,10 @@ class _GroupConv:
         rows = x.shape[0] * math.prod(conv_output_size(x.shape[2:], *self.geometry))
         y = torch.empty(rows, tile.out_size)
         alpha = args["alpha"]
-        rpu_base.tiles.io_conv(args["weight"], x.detach().contiguous(), y, args["io"], args["mapping"],
-                               *self.geometry, 1, tile.analog_bias,
-                               None if alpha is None else alpha.reshape(1, -1).contiguous(), [args["seed"]],
-                               [args["call"]], layout="rows")
+        self.input_finite = rpu_base.tiles.io_conv(
+            args["weight"], x.detach().contiguous(), y, args["io"], args["mapping"], *self.geometry, 1,
+            tile.analog_bias, None if alpha is None else alpha.reshape(1, -1).contiguous(), [args["seed"]],
+            [args["call"]], layout="rows", check_finite=True)
         if args["out_scaling"] is not None:
             y.mul_(args["out_scaling"])
         return y
@@ -228,7 +229,10 @@ class _AnalogConvNd(AnalogLayerBase):
         return (self.out_channels, self.in_channels // self.groups) + self.kernel_size
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
+        # (on the CPU, io_conv looks for NaN and Inf in its pass over the input: no separate pass)
+        io_conv_checks = isinstance(x, Tensor) and x.device.type == "cpu" and not is_tracing() and (
+            not self._is_digital() if self._op_route() else all(_io_conv_supports(t) for t in self._tiles))
+        self._check_input(x, finite=not io_conv_checks)
         n = self._dims
         if x.dim() != n + 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self._layer_name()}: expected input [N, {self.in_channels}, {', '.join('*' * n)}], "
@@ -248,7 +252,10 @@ class _AnalogConvNd(AnalogLayerBase):
                                               self.dilation))
                 _check_span(x, self.kernel_size, self.padding, self.dilation)
                 xg = xg.contiguous()
-                outs.append(AnalogConvFunction.apply(xg, tile.weight, tile, _GroupConv(self, xg.shape, tile)))
+                conv = _GroupConv(self, xg.shape, tile)
+                outs.append(AnalogConvFunction.apply(xg, tile.weight, tile, conv))
+                if not conv.input_finite:
+                    self._raise_nonfinite()
                 continue
             # (the analog bias column comes with the unfolding: no copy of the columns)
             cols, size = im2col(xg, self.kernel_size, self.stride, self.padding, self.dilation, tile.analog_bias)
@@ -272,7 +279,8 @@ class _AnalogConvNd(AnalogLayerBase):
             conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
             return conv(x, w.reshape(self._torch_weight_shape()), b, self.stride, self.padding, self.dilation,
                         self.groups)
-        args = self._op_arguments(is_tracing())
+        tracing = is_tracing()
+        args = self._op_arguments(tracing)
         weight = torch.cat([a["weight"] for a in args], 0) if len(args) > 1 else args[0]["weight"]
         alpha = None
         if args[0]["alpha"] is not None:
@@ -280,11 +288,15 @@ class _AnalogConvNd(AnalogLayerBase):
         scaling = None
         if args[0]["out_scaling"] is not None:
             scaling = torch.cat([a["out_scaling"] for a in args]) if len(args) > 1 else args[0]["out_scaling"]
-        y = torch.ops.aihw.analog_conv(x, weight, self.bias if scaling is None else None, alpha, args[0]["io"],
-                                       args[0]["mapping"], list(self.kernel_size), list(self.stride),
-                                       list(self.padding), list(self.dilation), self.groups,
-                                       self._tiles[0].analog_bias, [a["seed"] for a in args],
-                                       [a["call"] for a in args])
+        op_args = (x, weight, self.bias if scaling is None else None, alpha, args[0]["io"], args[0]["mapping"],
+                   list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation), self.groups,
+                   self._tiles[0].analog_bias, [a["seed"] for a in args], [a["call"] for a in args])
+        if tracing:
+            y = torch.ops.aihw.analog_conv(*op_args)
+        else:  # (_op_route: no autograd here; the op's own function, without the dispatcher)
+            y, finite = _analog_conv(*op_args, check_finite=x.device.type == "cpu")
+            if not finite:
+                self._raise_nonfinite()
         if scaling is not None:
             shape = (1, -1) + (1,) * n
             y = y * scaling.reshape(shape)

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...ops import is_tracing
+from ...ops._ops import analog_mvm_eager
 from .base import AnalogLayerBase
 
 
@@ -58,12 +59,15 @@ class AnalogLinear(AnalogLayerBase):
             return linear_symbolic(self, x)
         if self._is_digital():
             return F.linear(x, *self._digital_weight_bias())
-        a = self._op_arguments(is_tracing())[0]
+        tracing = is_tracing()
+        a = self._op_arguments(tracing)[0]
         if self._tiles[0].analog_bias:
             x = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)], -1)
         scaling = a["out_scaling"]
-        y = torch.ops.aihw.analog_mvm(x, a["weight"], self.bias if scaling is None else None, a["alpha"], a["io"],
-                                      a["mapping"], a["seed"], a["call"])
+        # (_op_route: tracing, or no autograd; outside tracing the op's function itself)
+        op = torch.ops.aihw.analog_mvm if tracing else analog_mvm_eager
+        y = op(x, a["weight"], self.bias if scaling is None else None, a["alpha"], a["io"], a["mapping"], a["seed"],
+               a["call"])
         if scaling is not None:
             y = y * scaling
             if self.bias is not None:

@@ -381,7 +381,7 @@ void bind_tiles(py::module_ &m) {
                       const MappingParameter &map, std::vector<int64_t> kernel_size, std::vector<int64_t> stride,
                       std::vector<int64_t> padding, std::vector<int64_t> dilation, int groups, bool ones_column,
                       py::object alpha, std::vector<uint64_t> seeds, std::vector<uint64_t> calls,
-                      bool bound_management, py::object bias, const std::string &layout) {
+                      bool bound_management, py::object bias, const std::string &layout, bool check_finite) {
           if (layout != "channels" && layout != "rows")
             throw py::value_error("io_conv: layout must be 'channels' or 'rows', got '" + layout + "'");
           check_valid(validate(io), "io");
@@ -433,21 +433,29 @@ void bind_tiles(py::module_ &m) {
           }
           const int64_t L = s.out_volume();
           const ConvOutputLayout yl = layout == "rows" ? ConvOutputLayout::rows(M, L) : ConvOutputLayout::channels(M, L);
-          py::gil_scoped_release nogil;
-          for (int g = 0; g < groups; ++g)
-            io_conv(wb.ptr + g * Mg * K, (int)Mg, (int)K, xb.ptr + g * Cg * s.in_volume(), s, ones_column,
-                    ob.ptr + g * Mg * yl.channel, yl, io, map, bound_management,
-                    ap == nullptr ? nullptr : ap + g * na, na, bp == nullptr ? nullptr : bp + g * Mg,
-                    MVMCall{seeds[g], calls[g]});
-          return out;
+          bool finite = true;
+          {
+            py::gil_scoped_release nogil;
+            for (int g = 0; g < groups; ++g) {
+              bool bad = false;
+              io_conv(wb.ptr + g * Mg * K, (int)Mg, (int)K, xb.ptr + g * Cg * s.in_volume(), s, ones_column,
+                      ob.ptr + g * Mg * yl.channel, yl, io, map, bound_management,
+                      ap == nullptr ? nullptr : ap + g * na, na, bp == nullptr ? nullptr : bp + g * Mg,
+                      MVMCall{seeds[g], calls[g]}, check_finite ? &bad : nullptr);
+              finite = finite && !bad;
+            }
+          }
+          return finite;
         },
         py::arg("weights"), py::arg("x"), py::arg("out"), py::arg("io"), py::arg("mapping"), py::arg("kernel_size"),
         py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups") = 1,
         py::arg("ones_column") = false, py::arg("alpha") = py::none(), py::arg("seeds") = std::vector<uint64_t>{0},
         py::arg("calls") = std::vector<uint64_t>{0}, py::arg("bound_management") = true, py::arg("bias") = py::none(),
-        py::arg("layout") = "channels",
+        py::arg("layout") = "channels", py::arg("check_finite") = false,
         "Analog convolution: x [N, C, *spatial] -> out [N, M, *out] with weights [M, C/groups * prod(kernel_size) "
         "(+1 with ones_column)] (group tiles stacked); per group the values of io_mvm on im2col(x) with that "
         "group's seed and call, bit for bit.  alpha: [groups, 1] or [groups, M/groups]; bias: [M] digital bias "
-        "added last.  layout='rows': out is [N * prod(out), M] (the rows of io_mvm) instead.");
+        "added last.  layout='rows': out is [N * prod(out), M] (the rows of io_mvm) instead.  Returns False "
+        "when check_finite is set and x holds a NaN or Inf (found while the input is read anyway; out is then "
+        "meaningless), else True.");
 }
