@@ -55,17 +55,22 @@ def _check_common(op: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], io
         raise ValueError(f"{op}: mapping must be [max_input_size, max_output_size], got {list(mapping)}")
 
 
-def _mvm(x2d: Tensor, weight: Tensor, alpha: Optional[Tensor], io, mapping, seed: int, call: int) -> Tensor:
+def _mvm(x2d: Tensor, weight: Tensor, alpha: Optional[Tensor], io, mapping, seed: int, call: int,
+         bias: Optional[Tensor] = None) -> Tensor:
+    """io_mvm of the rows of x2d, plus an optional digital bias [M]."""
     if x2d.is_cuda:
         if x2d.shape[0] == 0:
             return torch.empty(0, weight.shape[0], device=x2d.device)
         a = None if alpha is None else alpha.to(x2d.device).contiguous()
-        return _cuda.io_mvm(weight, x2d, io, mapping, alpha=a, seed=int(seed), call=int(call))
+        y = _cuda.io_mvm(weight, x2d, io, mapping, alpha=a, seed=int(seed), call=int(call))
+        return y if bias is None else y + bias
     out = torch.empty(x2d.shape[0], weight.shape[0])
     if x2d.shape[0] == 0:
         return out
+    # (the bias on rpucuda's pool: see the binding)
     rpu_base.tiles.io_mvm(weight, x2d, out, io=io, mapping=mapping,
-                          alpha=None if alpha is None else alpha.contiguous(), seed=int(seed), call=int(call))
+                          alpha=None if alpha is None else alpha.contiguous(), seed=int(seed), call=int(call),
+                          bias=None if bias is None else bias.detach().contiguous())
     return out
 
 
@@ -94,9 +99,8 @@ def analog_mvm_eager(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: O
         raise ValueError(f"aihw::analog_mvm: bias must be [{m}], got shape {tuple(bias.shape)}")
     lead = x.shape[:-1]
     y = _mvm(x.reshape(-1, weight.shape[1]).contiguous(), weight.contiguous(), alpha,
-             io_bindings(tuple(float(v) for v in io)), mapping_bindings(tuple(int(v) for v in mapping)), seed, call)
-    if bias is not None:
-        y = y + bias
+             io_bindings(tuple(float(v) for v in io)), mapping_bindings(tuple(int(v) for v in mapping)), seed, call,
+             bias)
     return y.reshape(*lead, m)
 
 

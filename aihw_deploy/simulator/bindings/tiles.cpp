@@ -271,7 +271,7 @@ void bind_tiles(py::module_ &m) {
 
   m.def("io_mvm", [](py::object weights, py::object x, py::object out, const IOParameters &io,
                      const MappingParameter &map, bool bound_management, py::object alpha, uint64_t seed,
-                     uint64_t call, bool transposed) {
+                     uint64_t call, bool transposed, py::object bias) {
           check_valid(validate(io), "io");
           check_valid(validate(map), "mapping");
           FloatBuf wb = as_float_buffer(weights, "weights", false);
@@ -288,17 +288,35 @@ void bind_tiles(py::module_ &m) {
             if (na != 1 && na != outn) throw py::value_error("alpha: expected 1 or " + std::to_string(outn) + " values");
             ap = ab.ptr;
           }
+          const float *bp = nullptr;
+          if (!bias.is_none()) {
+            FloatBuf bb = as_float_buffer(bias, "bias", false);
+            if (bb.numel() != outn)
+              throw py::value_error("bias: expected " + std::to_string(outn) + " values, got shape " +
+                                    aihw::shape_str(bb.shape));
+            bp = bb.ptr;
+          }
           float *y;
           py::object r = output_or_new(out, "out", xb.shape[0], outn, &y);
           py::gil_scoped_release nogil;
-          io_mvm(wb.ptr, M, K, transposed, xb.ptr, (int)xb.shape[0], y, io, map, bound_management, ap, na,
-                 MVMCall{seed, call});
+          const int64_t N = xb.shape[0];
+          io_mvm(wb.ptr, M, K, transposed, xb.ptr, (int)N, y, io, map, bound_management, ap, na, MVMCall{seed, call});
+          // (on rpucuda's pool, still awake: a torch add here would wake torch's OpenMP threads, which
+          // then spin beside rpucuda's threads into the next call)
+          if (bp != nullptr)
+            parallel_for(N, std::max<int64_t>(1, 16384 / std::max(outn, 1)), [&](int64_t r0, int64_t r1) {
+              for (int64_t row = r0; row < r1; ++row) {
+                float *yr = y + row * outn;
+                for (int o = 0; o < outn; ++o) yr[o] = yr[o] + bp[o];
+              }
+            });
           return r;
         },
         py::arg("weights"), py::arg("x"), py::arg("out") = py::none(), py::arg("io"), py::arg("mapping"),
         py::arg("bound_management") = true, py::arg("alpha") = py::none(), py::arg("seed") = 0,
-        py::arg("call") = 0, py::arg("transposed") = false,
-        "The analog MVM of SPEC §1: weights [M, K], x [N, K] -> [N, M] (transposed: x [N, M] -> [N, K]).");
+        py::arg("call") = 0, py::arg("transposed") = false, py::arg("bias") = py::none(),
+        "The analog MVM of SPEC §1: weights [M, K], x [N, K] -> [N, M] (transposed: x [N, M] -> [N, K]); bias "
+        "(optional, [out]) is added after the analog part (a digital bias).");
 
   m.def("new_array", [](int64_t rows, int64_t cols) {
           if (rows < 0 || cols < 0)
