@@ -87,6 +87,25 @@ def test_conv_forward_backward_match_torch(dims, cls, tcls):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [1, 2300, 1 << 19])
+def test_conv_weight_gradient_in_chunks_matches_torch(chunk, monkeypatch):
+    # The weight gradient of exact-gradient tiles is accumulated over chunks of images (the
+    # unfolded input never exists whole): 1 element = one image per chunk, 2300 = two images (of
+    # 42 x 27 elements) with a partial last chunk, 2^19 = all at once; each against torch's gradient.
+    from aihw_deploy.nn.modules import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "_GRAD_CHUNK", chunk)
+    torch.manual_seed(1)
+    ref = nn.Conv2d(3, 4, 3, padding=1, groups=1)
+    a = convert_to_analog(ref)
+    x = torch.randn(5, 3, 6, 7)
+    g = torch.randn(5, 4, 6, 7)
+    a(x).backward(g)
+    ref(x).backward(g)
+    torch.testing.assert_close(next(a.analog_tiles()).weight.grad.reshape(4, -1), ref.weight.grad.reshape(4, -1),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_conv2d_dilation_matches_torch():
     torch.manual_seed(0)
     ref = nn.Conv2d(3, 5, (3, 2), stride=(1, 2), padding=(2, 1), dilation=(2, 1))

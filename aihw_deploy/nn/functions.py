@@ -53,5 +53,11 @@ class AnalogConvFunction(torch.autograd.Function):
         tile, conv = ctx.tile, ctx.conv
         d = d.contiguous()
         grad_x = conv.input_grad(tile.backward(d)) if ctx.needs_input_grad[0] else None
-        grad_w = _weight_grad(tile, conv.columns(x), d) if ctx.needs_input_grad[1] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            if tile.collects_updates:
+                grad_w = _weight_grad(tile, conv.columns(x), d)
+            else:  # d^T columns, a few images at a time (never the whole unfolded input)
+                scale = getattr(tile, "weight_gradient_scale", lambda: None)()
+                grad_w = conv.weight_grad(x, d * scale if scale is not None else d)
         return grad_x, grad_w, None, None

@@ -69,6 +69,8 @@ class AnalogTile(TileBase):
         self._native.backward(d, out)
         return out
 
+    collects_updates = True
+
     def pending_update(self, x: Tensor, d: Tensor) -> bool:
         self._pending.append((x, d))
         return True

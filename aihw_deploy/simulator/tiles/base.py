@@ -97,6 +97,10 @@ class TileBase:
     def backward(self, d: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    #: True for tiles that apply a pulsed update themselves from the (x, d) pairs of
+    #: :meth:`pending_update`; False for tiles trained through a gradient on ``weight``.
+    collects_updates = False
+
     def pending_update(self, x: Tensor, d: Tensor) -> bool:
         """Called by the autograd function with the (x, d) pair; True if the tile will apply
         the update itself (pulsed tiles) instead of a gradient on ``weight``."""
