@@ -364,6 +364,31 @@ inline float apply_pulses(const DeviceParameters &par, const DeviceCell &cell, f
   return w;
 }
 
+// The rows of X, from memory or made by a RowBlockFn in blocks of kRowBlock (one reader per
+// thread, rows asked in increasing order).
+class RowReader {
+ public:
+  RowReader(const float *X, const RowBlockFn *fn, int K, int64_t N) : X_(X), fn_(fn), K_(K), N_(N) {}
+  const float *row(int64_t n) {
+    if (X_ != nullptr) return X_ + n * K_;
+    if (n < b0_ || n >= b0_ + cnt_) {
+      b0_ = n;
+      cnt_ = (int)std::min<int64_t>(kRowBlock, N_ - n);
+      buf_.resize((size_t)kRowBlock * K_);
+      (*fn_)(b0_, cnt_, buf_.data());
+    }
+    return buf_.data() + (n - b0_) * K_;
+  }
+
+ private:
+  const float *X_;
+  const RowBlockFn *fn_;
+  int K_;
+  int64_t N_, b0_ = 0;
+  int cnt_ = 0;
+  std::vector<float> buf_;
+};
+
 // Everything phase 2 needs, for the samples n0 .. n0+N-1 of the batch (a chunk: see
 // pulsed_update()).  Input-line arrays are [N, K], output-line arrays [N, M], indexed by the
 // sample's place in the chunk; sc holds the scales of the whole batch.
@@ -702,12 +727,30 @@ void build_slot_lists(Batch &b, bool constant_step) {
 
 }  // namespace
 
-void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N, float lr,
-                   const UpdateParameters &up, const DeviceArray &dev, uint64_t seed,
-                   uint64_t call) {
+namespace {
+
+// X or rows (exactly one is set).
+void pulsed_update_impl(float *W, int M, int K, const float *X, const RowBlockFn *rows, const float *D, int N,
+                        float lr, const UpdateParameters &up, const DeviceArray &dev, uint64_t seed, uint64_t call) {
   if (N <= 0 || lr == 0.0f) return;
   if (up.pulse_type == PulseType::None || dev.is_floating_point()) {
-    exact_update(W, M, K, X, D, N, lr);
+    if (X != nullptr) {
+      exact_update(W, M, K, X, D, N, lr);
+      return;
+    }
+    // (the sum in blocks of rows: exact up to float rounding)
+    constexpr int64_t kExactRows = 16 * kRowBlock;
+    std::vector<float> buf((size_t)kExactRows * K);
+    for (int64_t n0 = 0; n0 < N; n0 += kExactRows) {
+      const int64_t cnt = std::min<int64_t>(kExactRows, N - n0);
+      parallel_for((cnt + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t bl = b0; bl < b1; ++bl) {
+          const int64_t r = bl * kRowBlock;
+          (*rows)(n0 + r, (int)std::min<int64_t>(kRowBlock, cnt - r), buf.data() + r * K);
+        }
+      });
+      exact_update(W, M, K, buf.data(), D + n0 * M, (int)cnt, lr);
+    }
     return;
   }
   const DeviceParameters &par = dev.par;
@@ -716,9 +759,11 @@ void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N
   // Per-sample scales (SPEC §2).  With fixed_bl one BL serves the whole batch.
   std::vector<float> xmax(N), dmax(N);
   parallel_for(N, 16, [&](int64_t nb, int64_t ne) {
+    RowReader rr(X, rows, K, N);
     for (int64_t n = nb; n < ne; ++n) {
       float a = 0.0f, c = 0.0f;
-      for (int i = 0; i < K; ++i) a = max_or(fabsf(X[n * K + i]), a);
+      const float *x = rr.row(n);
+      for (int i = 0; i < K; ++i) a = max_or(fabsf(x[i]), a);
       for (int j = 0; j < M; ++j) c = max_or(fabsf(D[n * M + j]), c);
       xmax[n] = a;
       dmax[n] = c;
@@ -792,9 +837,10 @@ void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N
     }
     parallel_for(b.N, 1, [&](int64_t nb, int64_t ne) {
       TrainScratch ts;
+      RowReader rr(X, rows, K, N);
       for (int64_t n = nb; n < ne; ++n) {  // (n: place in the chunk)
         const PulseScales &s = b.scale(n);
-        const float *x = X + (n0 + n) * K, *d = D + (n0 + n) * M;
+        const float *x = rr.row(n0 + n), *d = D + (n0 + n) * M;
         uint8_t *xneg = b.xneg.data() + n * K, *dneg = b.dneg.data() + n * M;
         if (b.implicit) {
           float *xc = b.xc.data() + n * K, *dc = b.dc.data() + n * M;
@@ -834,6 +880,18 @@ void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N
       else rows_pulse_by_pulse(b, jb, je);
     });
   }
+}
+
+}  // namespace
+
+void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N, float lr,
+                   const UpdateParameters &up, const DeviceArray &dev, uint64_t seed, uint64_t call) {
+  pulsed_update_impl(W, M, K, X, nullptr, D, N, lr, up, dev, seed, call);
+}
+
+void pulsed_update(float *W, int M, int K, const RowBlockFn &rows, const float *D, int N, float lr,
+                   const UpdateParameters &up, const DeviceArray &dev, uint64_t seed, uint64_t call) {
+  pulsed_update_impl(W, M, K, nullptr, &rows, D, N, lr, up, dev, seed, call);
 }
 
 }  // namespace rpu

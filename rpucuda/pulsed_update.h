@@ -1,6 +1,7 @@
 // The pulsed (stochastic pulse-train) weight update of SPEC §2.
 #pragma once
 #include <cstdint>
+#include <functional>
 
 #include "devices.h"
 #include "parameters.h"
@@ -17,6 +18,14 @@ namespace rpu {
 void pulsed_update(float *W, int M, int K, const float *X, const float *D, int N, float lr,
                    const UpdateParameters &up, const DeviceArray &dev, uint64_t seed,
                    uint64_t call);
+
+// The same, with the rows of X made on demand (e.g. a convolution's unfolded input, which then
+// never exists whole): rows(n0, count, out) writes rows n0 .. n0+count-1 (count <= kRowBlock) to
+// out [count, K]; it is called from several threads at once.  The same result as with X.
+constexpr int kRowBlock = 64;
+using RowBlockFn = std::function<void(int64_t n0, int count, float *out)>;
+void pulsed_update(float *W, int M, int K, const RowBlockFn &rows, const float *D, int N, float lr,
+                   const UpdateParameters &up, const DeviceArray &dev, uint64_t seed, uint64_t call);
 
 // Exact update W -= lr * D^T X (floating-point devices and pulse_type NONE).
 void exact_update(float *W, int M, int K, const float *X, const float *D, int N, float lr);

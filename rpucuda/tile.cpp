@@ -48,6 +48,10 @@ void AnalogTile::update(const float *X, const float *D, int N) {
   pulsed_update(w_.data(), M_, K_, X, D, N, learning_rate, update_par, dev_, seed_, call_++);
 }
 
+void AnalogTile::update(const RowBlockFn &rows, const float *D, int N) {
+  pulsed_update(w_.data(), M_, K_, rows, D, N, learning_rate, update_par, dev_, seed_, call_++);
+}
+
 void AnalogTile::set_weights(const float *W) {
   const size_t n = w_.size();
   for (size_t i = 0; i < n; ++i) {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "devices.h"
+#include "pulsed_update.h"
 #include "io_pipeline.h"
 #include "parameters.h"
 
@@ -48,6 +49,8 @@ class AnalogTile {
                const float *W_override = nullptr);
   void backward(const float *D, int N, float *Z, const float *W_override = nullptr);
   void update(const float *X, const float *D, int N);
+  // The same with the rows of X made on demand (pulsed_update.h).
+  void update(const RowBlockFn &rows, const float *D, int N);
 
   // Sets the weights, clipped to each device's bounds.
   void set_weights(const float *W);

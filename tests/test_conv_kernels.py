@@ -385,24 +385,37 @@ def test_io_conv_errors_name_the_problem():
         tiles.io_conv(w, x, np.empty((1, 6, 5, 6), np.float32), *args, 2, False, None, [0, 0], [0, 0])
 
 
-def test_training_path_unfolded_inputs_are_not_reused_while_referenced():
-    """The unfolded inputs of the training path come from a buffer pool: a pulsed tile keeps
-    them (with d) until the optimizer step, so two backward passes before a step must see two
-    intact unfolded inputs."""
+def test_pulsed_conv_update_pairs_keep_their_inputs_until_the_step():
+    """A pulsed tile keeps the (x, d) pair of each backward pass until the optimizer step, with x
+    as the layer input (the unfolded input is made during the update): two backward passes
+    before a step keep two intact pairs, and the step applies one update over both, the same as
+    an update on their concatenated unfolded inputs."""
+    import copy
+
     from aihw_deploy.nn import AnalogConv2d
+    from aihw_deploy.optim import AnalogSGD
     from aihw_deploy.simulator.configs import ConstantStepDevice, SingleRPUConfig
+    from aihw_deploy.simulator.tiles.analog import ConvPair
 
     torch.manual_seed(3)
     layer = AnalogConv2d(3, 4, 3, padding=1, rpu_config=SingleRPUConfig(device=ConstantStepDevice()))
+    twin = copy.deepcopy(layer)
     xs = [torch.rand(2, 3, 6, 5) for _ in range(2)]
     for x in xs:
         layer(x).sum().backward()
     pending = layer._tiles[0]._pending
-    assert len(pending) == 2
-    for (cols, _), x in zip(pending, xs):
+    assert len(pending) == 2 and all(isinstance(p, ConvPair) for p in pending)
+    for p, x in zip(pending, xs):
         ref = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 27)
-        assert torch.equal(cols[:, :27], ref)  # (+ the analog bias column)
-    assert pending[0][0].data_ptr() != pending[1][0].data_ptr()
+        assert torch.equal(p.columns()[:, :27], ref)  # (+ the analog bias column)
+    cols = torch.cat([p.columns() for p in pending])
+    d = torch.cat([p.d for p in pending])
+    tile = twin._tiles[0]
+    tile._native.set_generator(layer._tiles[0].seed, layer._tiles[0]._native.call_index)  # (after 2 forwards)
+    AnalogSGD(layer.parameters(), lr=0.1).step()
+    tile._native.learning_rate = 0.1
+    tile._native.update(cols.contiguous(), d.contiguous())
+    assert np.array_equal(layer._tiles[0]._native.get_weights(), tile._native.get_weights())
 
 
 def test_conv_training_forward_equals_tile_forward_of_the_unfolded_input():
@@ -430,3 +443,62 @@ def test_conv_training_forward_equals_tile_forward_of_the_unfolded_input():
     ref = ref.reshape(3, 5, 4, 6).permute(0, 3, 1, 2)
     assert torch.equal(y.detach(), ref.detach())
     assert [t.call for t in layer._tiles] == [t.call for t in twin._tiles]
+
+
+# -- the pulsed update of a convolution without the unfolded input (AnalogTile.update_conv) --------
+@pytest.mark.parametrize("device,pulse", [("constant", "compressed"), ("soft", "compressed"), ("soft", "narrow"),
+                                          ("linear", "implicit"), ("constant", "none")])
+@pytest.mark.parametrize("geometry,ones", [(((3, 3), (1, 1), (1, 1), (1, 1)), False),
+                                           (((2, 3), (2, 1), (0, 2), (1, 2)), True)])
+def test_update_conv_equals_update_on_the_unfolded_input(device, pulse, geometry, ones):
+    # update_conv(x, d) unfolds the rows block by block inside the update; it must give what
+    # update(im2col(x), d) gives (bit for bit for the pulsed updates; the exact update, summed in
+    # blocks of rows, within float rounding of d^T columns).
+    from conftest import analog_tile
+
+    from aihw_deploy.simulator.configs import ConstantStepDevice, LinearStepDevice, SoftBoundsDevice
+    from aihw_deploy.simulator.parameters import PulseType, UpdateParameters
+
+    dev = {"constant": ConstantStepDevice(dw_min=0.01), "soft": SoftBoundsDevice(dw_min=0.01),
+           "linear": LinearStepDevice(dw_min=0.01, gamma_up=0.3)}[device]
+    up = {"compressed": UpdateParameters(), "narrow": UpdateParameters(desired_bl=4),
+          "implicit": UpdateParameters(pulse_type=PulseType.DETERMINISTIC_IMPLICIT, sto_round=True),
+          "none": UpdateParameters(pulse_type=PulseType.NONE)}[pulse]
+    kernel, stride, padding, dilation = (list(v) for v in geometry)
+    g = np.random.default_rng(7)
+    x = f32(g.uniform(-1, 1, size=(3, 2, 9, 8)))
+    cols = rpu_base.tiles.im2col(x, kernel, stride, padding, dilation, ones_column=ones)
+    assert cols.shape[0] > 64  # several row blocks
+    d = f32(g.uniform(-1, 1, size=(cols.shape[0], 5)))
+    tiles = [analog_tile(5, cols.shape[1], device=dev, update=up, seed=3) for _ in range(2)]
+    w0 = f32(g.uniform(-0.3, 0.3, size=(5, cols.shape[1])))
+    for t in tiles:
+        t.set_weights(w0)
+        t.learning_rate = 0.05
+    w0 = tiles[0].get_weights()  # (clipped to the devices' bounds)
+    tiles[0].update(cols, d)
+    tiles[1].update_conv(x, d, kernel, stride, padding, dilation, ones_column=ones)
+    w_ref, w = tiles[0].get_weights(), tiles[1].get_weights()
+    assert tiles[0].call_index == tiles[1].call_index == 1
+    assert np.abs(w - w0).max() > 0
+    if pulse == "none":
+        np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(w, w0 - 0.05 * d.astype(np.float64).T @ cols.astype(np.float64), rtol=0, atol=1e-5)
+    else:
+        assert np.array_equal(w, w_ref)
+
+
+def test_update_conv_rejects_bad_input():
+    from conftest import analog_tile
+
+    t = analog_tile(4, 2 * 9)
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    d = np.zeros((25, 4), np.float32)
+    t.update_conv(x, d, [3, 3], [1, 1], [1, 1], [1, 1])
+    with pytest.raises(ValueError, match="unfolded input has 19 columns, the tile 18"):
+        t.update_conv(x, d, [3, 3], [1, 1], [1, 1], [1, 1], ones_column=True)
+    with pytest.raises(ValueError, match="d"):
+        t.update_conv(x, d[:24], [3, 3], [1, 1], [1, 1], [1, 1])
+    x[0, 1, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="x: contains NaN or Inf"):
+        t.update_conv(x, d, [3, 3], [1, 1], [1, 1], [1, 1])

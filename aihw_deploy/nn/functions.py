@@ -55,8 +55,8 @@ class AnalogConvFunction(torch.autograd.Function):
         grad_x = conv.input_grad(tile.backward(d)) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
-            if tile.collects_updates:
-                grad_w = _weight_grad(tile, conv.columns(x), d)
+            if tile.collects_updates:  # pulsed: the tile updates itself at the optimizer step
+                tile.pending_conv_update(conv.update_pair(x, d))
             else:  # d^T columns, a few images at a time (never the whole unfolded input)
                 scale = getattr(tile, "weight_gradient_scale", lambda: None)()
                 grad_w = conv.weight_grad(x, d * scale if scale is not None else d)

@@ -15,6 +15,7 @@ from ...ops._encoding import io_bindings, mapping_bindings
 from ...ops._ops import _analog_conv, conv_output_size
 from ...simulator.parameters import IOParameters
 from ...simulator.tiles import AnalogTile, FloatingPointTile, InferenceTile
+from ...simulator.tiles.analog import ConvPair
 from ...simulator import rpu_base
 from .base import AnalogLayerBase
 
@@ -90,6 +91,10 @@ class _GroupConv:
 
     def columns(self, x: Tensor) -> Tensor:
         return _unfold_cpu(x, self.geometry, self.ones_column)
+
+    def update_pair(self, x: Tensor, d: Tensor) -> ConvPair:
+        """The (x, d) pair of a pulsed update, with the unfolding made during the update."""
+        return ConvPair(x.detach(), d, tuple(list(g) for g in self.geometry), self.ones_column)
 
     def weight_grad(self, x: Tensor, d: Tensor) -> Tensor:
         """d^T columns(x) ([out, cols]) for d [N * L, out], accumulated over chunks of about

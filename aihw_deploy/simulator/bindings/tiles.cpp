@@ -247,6 +247,39 @@ void bind_tiles(py::module_ &m) {
              py::gil_scoped_release nogil;
              t.update(xb.ptr, db.ptr, (int)xb.shape[0]);
            }, py::arg("x"), py::arg("d"), "Pulsed update: W -= learning_rate * d^T x on the devices")
+      .def("update_conv", [](AnalogTile &t, py::object x, py::object d, std::vector<int64_t> kernel_size,
+                             std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                             bool ones_column) {
+             // update(im2col(x), d) with the unfolded rows made block by block (never the whole
+             // unfolded input, which is (kernel volume) times larger than x)
+             FloatBuf xb = as_float_buffer(x, "x", false), db = as_float_buffer(d, "d", false);
+             if (xb.shape.size() < 3)
+               throw py::value_error("x: expected [N, C, *spatial], got shape " + aihw::shape_str(xb.shape));
+             const ConvShape s = conv_geometry(xb, kernel_size, stride, padding, dilation, 0, xb.shape[1], "update_conv");
+             const int64_t K = s.cols() + (ones_column ? 1 : 0);
+             if (K != t.in_size())
+               throw py::value_error("update_conv: the unfolded input has " + std::to_string(K) + " columns, the tile " +
+                                     std::to_string(t.in_size()) + " inputs");
+             if (s.rows() >= INT32_MAX)
+               throw py::value_error("update_conv: too many output positions (" + std::to_string(s.rows()) + ")");
+             expect_2d(db, "d", s.rows(), t.out_size());
+             check_finite(xb, "x");
+             check_finite(db, "d");
+             const float *X = xb.ptr;
+             const RowBlockFn rows = [&](int64_t n0, int count, float *out) {
+               thread_local ColumnsBlock cb;
+               thread_local std::vector<float> T;
+               T.resize((size_t)K * kRowBlock);
+               cb.prepare(s, n0, count);
+               cb.fill(X, ones_column, 0, K, T.data(), kRowBlock);
+               transpose_block(T.data(), kRowBlock, count, K, out, K);
+             };
+             py::gil_scoped_release nogil;
+             t.update(rows, db.ptr, (int)s.rows());
+           }, py::arg("x"), py::arg("d"), py::arg("kernel_size"), py::arg("stride"), py::arg("padding"),
+           py::arg("dilation"), py::arg("ones_column") = false,
+           "Pulsed update of a convolution's tile: update(im2col(x), d) for x [N, C, *spatial] and d [N * L, out] "
+           "(the same result), without the unfolded input in memory.")
       .def_property_readonly("seed", &AnalogTile::seed)
       .def_property_readonly("call_index", &AnalogTile::call_index)
       .def("set_generator", &AnalogTile::set_generator, py::arg("seed"), py::arg("call_index"))

@@ -1,12 +1,26 @@
 """Analog (pulsed) tile: IO-managed forward/backward and pulsed update in rpucuda."""
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, NamedTuple, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import cuda, rpu_base
 from .base import TileBase
+
+
+class ConvPair(NamedTuple):
+    """A convolution's update pair: x [N, C, *spatial] and d [N * L, out]; the unfolded input is
+    made only while the update runs, row block by row block (``AnalogTile.update_conv``)."""
+
+    x: Tensor
+    d: Tensor
+    geometry: Tuple[List[int], List[int], List[int], List[int]]  # kernel_size, stride, padding, dilation
+    ones_column: bool
+
+    def columns(self) -> Tensor:
+        return torch.from_numpy(rpu_base.tiles.im2col(self.x.detach().contiguous(), *self.geometry,
+                                                      ones_column=self.ones_column))
 
 
 class AnalogTile(TileBase):
@@ -23,7 +37,7 @@ class AnalogTile(TileBase):
             out_size, cols, rpu_config.device.as_bindings(), rpu_config.forward.as_bindings(),
             rpu_config.backward.as_bindings(), rpu_config.update.as_bindings(),
             rpu_config.mapping.as_bindings(), self.seed)
-        self._pending: List[Tuple[Tensor, Tensor]] = []
+        self._pending: List[Union[Tuple[Tensor, Tensor], ConvPair]] = []
         self._cells = None  # device arrays [out, cols, 6] on the GPU when the tile is there
         self._weights_changed()
 
@@ -75,15 +89,30 @@ class AnalogTile(TileBase):
         self._pending.append((x, d))
         return True
 
+    def pending_conv_update(self, pair: ConvPair) -> bool:
+        """pending_update for a convolution on the CPU, without its unfolded input (ConvPair)."""
+        self._pending.append(pair)
+        return True
+
     def apply_update(self, lr: float) -> None:
-        """Applies the pulsed update ``W -= lr * sum d^T x`` for the collected pairs."""
+        """Applies the pulsed update ``W -= lr * sum d^T x`` for the collected pairs (one update
+        over all of them)."""
         if not self._pending:
             return
-        if len(self._pending) == 1:
-            x, d = self._pending[0]
+        if len(self._pending) == 1 and isinstance(self._pending[0], ConvPair) and not self.on_cuda:
+            p = self._pending[0]
+            self._pending.clear()
+            self._native.learning_rate = float(lr)
+            self._native.update_conv(p.x.detach().contiguous(), p.d.contiguous(), *p.geometry,
+                                     ones_column=p.ones_column)
+            self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
+            return
+        pairs = [(p.columns(), p.d) if isinstance(p, ConvPair) else p for p in self._pending]
+        if len(pairs) == 1:
+            x, d = pairs[0]
         else:
-            x = torch.cat([p[0] for p in self._pending])
-            d = torch.cat([p[1] for p in self._pending])
+            x = torch.cat([p[0] for p in pairs])
+            d = torch.cat([p[1] for p in pairs])
         self._pending.clear()
         if self.on_cuda:
             n = self._native
