@@ -117,31 +117,52 @@ class Pool {
       fn_ = &fn;
       n_ = n;
       parts_ = parts;
-      chunks_ = chunks;
-      next_chunk_.store(0, std::memory_order_relaxed);
-      pending_.store(parts - 1, std::memory_order_relaxed);
+      chunks_.store(chunks, std::memory_order_relaxed);
+      done_.store(0, std::memory_order_relaxed);
+      job_ = job_ + 1;
+      claim_.store((uint64_t)job_ << 32, std::memory_order_release);  // (publishes the fields above)
       post_ns_.store(now_ns(), std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_release);
       wake = sleepers_ > 0;
     }
     if (wake) cv_.notify_all();
-    run_part(0);
-    if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; }, spin_us_)) {
+    // The call is over when every chunk is done, whoever did it: a worker that has not taken a
+    // chunk yet is not waited for (one that is runnable but has no core, e.g. behind the
+    // OpenMP threads torch leaves spinning, would otherwise hold the caller for a whole
+    // scheduler tick).
+    run_chunks(job_);
+    auto all_done = [this, chunks] { return done_.load(std::memory_order_acquire) == chunks; };
+    if (!spin_until(all_done, spin_us_)) {
       std::unique_lock<std::mutex> lk(m_);
-      done_cv_.wait(lk, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+      done_cv_.wait(lk, all_done);
     }
     fn_ = nullptr;
     return true;
   }
 
  private:
-  // Takes chunks until none is left (p: the participant, unused: any thread may take any chunk).
-  void run_part(int) {
+  // Takes chunks of job `job` until none is left (any thread may take any chunk).  A chunk is
+  // claimed by a compare-and-swap on claim_ = (job << 32 | next chunk), so a thread that comes
+  // late (the job done, or the next one posted) claims nothing and reads none of the job's
+  // fields after the caller may have changed them.
+  void run_chunks(uint32_t job) {
     for (;;) {
-      const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks_) return;
-      const int64_t b = n_ * c / chunks_, e = n_ * (c + 1) / chunks_;
+      uint64_t v = claim_.load(std::memory_order_acquire);
+      int64_t c;
+      for (;;) {
+        if ((uint32_t)(v >> 32) != job) return;
+        c = (int64_t)(uint32_t)v;
+        if (c >= chunks_.load(std::memory_order_relaxed)) return;  // (this job's: a new one fails the exchange)
+        if (claim_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) break;
+      }
+      const int64_t nc = chunks_.load(std::memory_order_relaxed);  // (the job cannot end before this chunk)
+      const int64_t b = n_ * c / nc, e = n_ * (c + 1) / nc;
       if (e > b) (*fn_)(b, e);
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == nc) {
+        // The caller may be about to sleep: notify under the mutex (it checks under it).
+        std::lock_guard<std::mutex> lk_done(m_);
+        done_cv_.notify_one();
+      }
     }
   }
 
@@ -160,6 +181,7 @@ class Pool {
       if (stop_.load(std::memory_order_relaxed)) return;
       // The generation and its job, read together under the mutex.
       seen = generation_.load(std::memory_order_relaxed);
+      const uint32_t job = job_;
       if (last_end > 0) {
         const int64_t gap = std::max<int64_t>(0, post_ns_.load(std::memory_order_relaxed) - last_end);
         avg_gap = (3 * avg_gap + std::min<int64_t>(gap, 1000000000)) / 4;
@@ -170,13 +192,8 @@ class Pool {
         continue;
       }
       lk.unlock();
-      run_part(part);
+      run_chunks(job);
       last_end = now_ns();
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        // The caller may be about to sleep: notify under the mutex (it checks under it).
-        std::lock_guard<std::mutex> lk_done(m_);
-        done_cv_.notify_one();
-      }
     }
   }
 
@@ -187,9 +204,10 @@ class Pool {
   const std::function<void(int64_t, int64_t)> *fn_ = nullptr;
   int64_t n_ = 0;
   int parts_ = 0;
-  int64_t chunks_ = 0;
-  std::atomic<int64_t> next_chunk_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int64_t> chunks_{0};
+  uint32_t job_ = 0;                  // the current job's number (written by the caller under m_)
+  std::atomic<uint64_t> claim_{0};     // job << 32 | next chunk
+  std::atomic<int64_t> done_{0};       // finished chunks of the current job
   std::atomic<uint64_t> generation_{0};
   std::atomic<int64_t> post_ns_{0};  // when the current job was posted
   std::atomic<bool> stop_{false};
