@@ -79,11 +79,12 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
         return AnalogFunction.apply(x2d.contiguous(), tile.weight, tile)
 
     # -- eval / tracing route through torch.ops.aihw ----------------------------------------------
-    def _op_route(self) -> bool:
+    def _op_route(self, tracing: Optional[bool] = None) -> bool:
         """True when the forward goes through ``torch.ops.aihw`` (one graph node per layer):
         always while tracing (torch.export, torch.onnx.export, torch.jit.trace), and for
-        inference tiles in eval mode without autograd.  Training keeps the autograd function."""
-        if is_tracing():
+        inference tiles in eval mode without autograd.  Training keeps the autograd function.
+        (``tracing``: is_tracing() if the caller has it already.)"""
+        if is_tracing() if tracing is None else tracing:
             return True
         return not self.training and not torch.is_grad_enabled() and isinstance(self._tiles[0], InferenceTile)
 
@@ -114,7 +115,7 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
                              "out_scaling": None})
         return args
 
-    def _check_input(self, x: Tensor, finite: bool = True) -> None:
+    def _check_input(self, x: Tensor, finite: bool = True, tracing: Optional[bool] = None) -> None:
         """Type, dtype and device of the input; NaN and Inf too unless ``finite`` is False (a caller
         whose own computation checks them: the CPU convolution, in its pass over the input)."""
         if not isinstance(x, Tensor):
@@ -125,7 +126,7 @@ class AnalogLayerBase(AnalogContainerMixin, nn.Module):
         if x.device != dev:
             raise ValueError(f"{self._layer_name()}: input is on {x.device}, but the layer is on {dev} "
                              f"(move one of them: layer.to(x.device) or x.to({str(dev)!r}))")
-        if finite and not is_tracing() and x.numel() and not _all_finite(x):
+        if finite and not (is_tracing() if tracing is None else tracing) and x.numel() and not _all_finite(x):
             self._raise_nonfinite()
 
     def _raise_nonfinite(self):

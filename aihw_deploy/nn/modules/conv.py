@@ -252,15 +252,17 @@ class _AnalogConvNd(AnalogLayerBase):
 
     def forward(self, x: Tensor) -> Tensor:
         # (on the CPU, io_conv looks for NaN and Inf in its pass over the input: no separate pass)
-        io_conv_checks = isinstance(x, Tensor) and x.device.type == "cpu" and not is_tracing() and (
-            not self._is_digital() if self._op_route() else all(_io_conv_supports(t) for t in self._tiles))
-        self._check_input(x, finite=not io_conv_checks)
+        tracing = is_tracing()  # (once per call: it asks torch four things)
+        route = self._op_route(tracing)
+        io_conv_checks = isinstance(x, Tensor) and x.device.type == "cpu" and not tracing and (
+            not self._is_digital() if route else all(_io_conv_supports(t) for t in self._tiles))
+        self._check_input(x, finite=not io_conv_checks, tracing=tracing)
         n = self._dims
         if x.dim() != n + 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self._layer_name()}: expected input [N, {self.in_channels}, {', '.join('*' * n)}], "
                              f"got shape {tuple(x.shape)}")
-        if self._op_route():
-            return self._op_forward(x)
+        if route:
+            return self._op_forward(x, tracing)
         batch = x.shape[0]
         cg = self.in_channels // self.groups
         outs = []
@@ -288,11 +290,11 @@ class _AnalogConvNd(AnalogLayerBase):
         y = y.reshape(batch, *size, self.out_channels)
         return y.permute(0, n + 1, *range(1, n + 1))
 
-    def _op_forward(self, x: Tensor) -> Tensor:
+    def _op_forward(self, x: Tensor, tracing: bool) -> Tensor:
         """Eval / tracing forward: ``torch.ops.aihw.analog_conv`` (ONNX: ``ai.aihw::AnalogConv``;
         floating-point tiles: ``F.convNd``, a standard ONNX Conv)."""
         n = self._dims
-        if torch.onnx.is_in_onnx_export() and not self._is_digital():
+        if tracing and torch.onnx.is_in_onnx_export() and not self._is_digital():
             from ...export._symbolic import conv_symbolic
 
             return conv_symbolic(self, x)
@@ -301,7 +303,6 @@ class _AnalogConvNd(AnalogLayerBase):
             conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
             return conv(x, w.reshape(self._torch_weight_shape()), b, self.stride, self.padding, self.dilation,
                         self.groups)
-        tracing = is_tracing()
         args = self._op_arguments(tracing)
         weight = torch.cat([a["weight"] for a in args], 0) if len(args) > 1 else args[0]["weight"]
         alpha = None

@@ -37,29 +37,29 @@ class AnalogLinear(AnalogLayerBase):
         return (self.out_features, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
+        tracing = is_tracing()  # (once per call: it asks torch four things)
+        self._check_input(x, tracing=tracing)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             got = x.shape[-1] if x.dim() else "a scalar"
             raise ValueError(f"AnalogLinear(in_features={self.in_features}): input has {got} features "
                              f"(shape {tuple(x.shape)})")
-        if self._op_route():
-            return self._op_forward(x)
+        if self._op_route(tracing):
+            return self._op_forward(x, tracing)
         lead = x.shape[:-1]
         y = self._tile_product(x.reshape(-1, self.in_features))
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
 
-    def _op_forward(self, x: Tensor) -> Tensor:
+    def _op_forward(self, x: Tensor, tracing: bool) -> Tensor:
         """Eval / tracing forward: ``torch.ops.aihw.analog_mvm`` (ONNX: ``ai.aihw::AnalogMatMul``;
         floating-point tiles: ``F.linear``, a standard ONNX MatMul/Gemm)."""
-        if torch.onnx.is_in_onnx_export() and not self._is_digital():
+        if tracing and torch.onnx.is_in_onnx_export() and not self._is_digital():
             from ...export._symbolic import linear_symbolic
 
             return linear_symbolic(self, x)
         if self._is_digital():
             return F.linear(x, *self._digital_weight_bias())
-        tracing = is_tracing()
         a = self._op_arguments(tracing)[0]
         if self._tiles[0].analog_bias:
             x = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)], -1)
