@@ -51,9 +51,17 @@ RPU_HD float quantize_clip_t(float v, float step, float bound, float u) {
 }
 
 // Calls body.template run<kQuant, kClip>() for the case of (step, bound), so element loops are
-// instantiated branch-free (used by the IO pipeline and the convolution pipeline).
+// instantiated branch-free (used by the IO pipeline and the convolution pipeline).  Always
+// inlined: the element loops must be compiled inside the caller's AVX2 / AVX-512 function; an
+// out-of-line copy is compiled for the baseline ISA, where floorf() is a libm call per element
+// (io_mvm's ADC then took a fifth of a 1024x1024 product).
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define RPU_QC_INLINE inline __attribute__((always_inline))
+#else
+#define RPU_QC_INLINE inline
+#endif
 template <typename Body>
-inline void dispatch_qc(float step, float bound, Body &body) {
+RPU_QC_INLINE void dispatch_qc(float step, float bound, Body &body) {
   if (step > 0.0f) {
     if (bound > 0.0f) body.template run<true, true>();
     else body.template run<true, false>();
