@@ -871,15 +871,7 @@ class AnalogKernel {
     int na = 0;
     const float *al = alpha(0, &na);
     rpu::io_mvm(W, (int)M_, (int)Kg_, false, fdata(x), (int)N, Y, io_, map_, true, al, na, call);
-    if (b) {
-      const int64_t M = M_;
-      rpu::parallel_for(N, 64, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          float *y = Y + r * M;
-          for (int64_t m = 0; m < M; ++m) y[m] += b[m];
-        }
-      });
-    }
+    if (b) rpu::add_bias(Y, N, M_, b);
   }
 
   // ---- AnalogConv ---------------------------------------------------------------------------

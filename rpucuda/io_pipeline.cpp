@@ -242,9 +242,6 @@ constexpr int kColAlign = 16;   // column slices of the small-batch path start a
                                 // (a multiple of 4: the output noise of a slice starts at a block)
 constexpr int kSmallRows = 4;   // row grain of the row-parallel path: up to this many rows, the
                                 // outputs are split over the threads instead
-// Products of at most this many multiply-adds run on the calling thread alone: handing part of
-// one to a worker costs about 15 us here (32 x 128 -> 128: 13 us on one thread, 28 us on two).
-constexpr int64_t kSerialMacs = (int64_t)1 << 19;
 
 }  // namespace
 
@@ -312,9 +309,9 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     // Y = X A^T : A = W -> X W^T ; A = W^T -> X W, in the order of analog_gemm.h (so the same
     // values for any thread count), split over rows or, for a few rows, over outputs.
     const int T = get_num_threads();
-    const bool serial = (int64_t)N * in * out <= kSerialMacs;
-    if (serial || N >= 4 * T || T == 1 || out < 2 * kColAlign) {
-      parallel_for_dynamic(N, serial ? std::max(N, 1) : 4, [&](int64_t b, int64_t e) {
+    const int64_t macs = (int64_t)N * in * out;
+    if (serial_work(macs) || N >= 4 * T || T == 1 || out < 2 * kColAlign) {
+      parallel_for_dynamic(N, grain_for(N, 4, macs), [&](int64_t b, int64_t e) {
         analog_gemm(transposed, (int)(e - b), out, in, X + b * in, in, W, ld_w, Y + b * out, out);
       });
     } else {
@@ -491,8 +488,8 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     for (int it = 0; !rows.empty(); ++it) {
       const int Na = (int)rows.size();
       redo.assign(Na, 0);
-      const bool serial = (int64_t)Na * Li * Lo <= kSerialMacs;
-      if (!serial && Na <= kSmallRows && n_threads > 1 && Lo >= 2 * kColAlign) {
+      const int64_t macs = (int64_t)Na * Li * Lo;
+      if (!serial_work(macs) && Na <= kSmallRows && n_threads > 1 && Lo >= 2 * kColAlign) {
         // Few rows: the rows are prepared here, the outputs are split over the threads (each
         // thread multiplies all rows with a slice of the tile and adds the noise of its slice),
         // then the rows are accepted or redone here.  (The analog product of an element does
@@ -552,7 +549,7 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
       } else {
         // Each worker takes a slice of the rows through the whole pipeline: noise management,
         // DAC, its own single-threaded product, output noise, ADC, bound-management decision.
-        parallel_for_dynamic(Na, serial ? std::max(Na, 1) : kSmallRows, [&](int64_t b, int64_t e) {
+        parallel_for_dynamic(Na, grain_for(Na, kSmallRows, macs), [&](int64_t b, int64_t e) {
           static thread_local std::vector<float> xq, yb, tmp, tmp2;
           static thread_local std::vector<int> act;
           for (int64_t c0 = b; c0 < e; c0 += kSubRows) {
@@ -603,6 +600,15 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
     parallel_for_dynamic(N, 16, [&](int64_t b, int64_t e) {
       for (int64_t n = b; n < e; ++n) apply_alpha_scale(Y + n * out, 0, out, io.out_scale);
     });
+}
+
+void add_bias(float *Y, int64_t rows, int64_t M, const float *bias) {
+  parallel_for(rows, grain_for(rows, 64, rows * M), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float *y = Y + r * M;
+      for (int64_t o = 0; o < M; ++o) y[o] += bias[o];
+    }
+  });
 }
 
 }  // namespace rpu

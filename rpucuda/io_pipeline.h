@@ -27,6 +27,11 @@ void io_mvm(const float *W, int M, int K, bool transposed, const float *X, int N
             const IOParameters &io, const MappingParameter &map, bool bound_management,
             const float *alpha, int n_alpha, const MVMCall &rng);
 
+// Y[r, o] += bias[o] for r < rows, o < M (a layer's digital bias after io_mvm; the CUDA twin is
+// cuda::add_bias).  On rpucuda's threads: a torch add would wake torch's OpenMP threads, which
+// then spin beside rpucuda's threads into the next call.
+void add_bias(float *Y, int64_t rows, int64_t M, const float *bias);
+
 // Steps of the pipeline that the convolution pipeline (io_conv.h) shares with io_mvm.
 
 // The random numbers of a call: element i (input or output index within the tile) of row n on

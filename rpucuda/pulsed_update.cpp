@@ -92,7 +92,6 @@ int64_t chunk_elements() {
   return v > 0 ? (int64_t)v : (int64_t)1 << 20;
 }
 const int64_t kChunkElements = chunk_elements();
-constexpr int64_t kSerialWork = (int64_t)1 << 19;  // N * K * M up to this: one thread (see below)
 constexpr int kLanes = 64;        // Philox blocks per batch (the size rpu::philox_lanes fills)
 constexpr int kMaxBits = 64;      // pulse slots representable in a train
 constexpr float kXiBound = 8.0f;  // |xi| bound of the ConstantStep reach check
@@ -395,7 +394,7 @@ class RowReader {
 // sample's place in the chunk; sc holds the scales of the whole batch.
 struct Batch {
   int N = 0, M = 0, K = 0;
-  bool serial = false;  // small update: every phase on the calling thread
+  int64_t work = 0;  // N * K * M of the whole update (small: every phase on the calling thread)
   int64_t n0 = 0;
   float *W = nullptr;
   const DeviceArray *dev = nullptr;
@@ -675,7 +674,7 @@ void build_slot_lists(Batch &b, bool constant_step) {
   b.slot_idx.assign(N, {});
   b.slot_off.assign((size_t)N * 129, 0);
   std::vector<int64_t> work_lists(N), work_dense(N);
-  parallel_for(N, b.serial ? std::max(N, 1) : 4, [&](int64_t nb, int64_t ne) {
+  parallel_for(N, grain_for(N, 4, b.work), [&](int64_t nb, int64_t ne) {
     std::vector<uint64_t> T((size_t)groups * 64), negm(groups);
     for (int64_t n = nb; n < ne; ++n) {
       const uint64_t *x = b.x64.data() + n * K, *d = b.d64.data() + n * M;
@@ -760,11 +759,9 @@ void pulsed_update_impl(float *W, int M, int K, const float *X, const RowBlockFn
 
   // Per-sample scales (SPEC §2).  With fixed_bl one BL serves the whole batch.
   std::vector<float> xmax(N), dmax(N);
-  // Small updates on the calling thread alone: handing work to a worker costs about 15 us, more
-  // than a layer of 64 x 128 with a batch of 32 takes per phase.
-  const bool serial = (int64_t)N * K * M <= kSerialWork;
-  auto grain = [serial](int64_t n, int64_t g) { return serial ? std::max<int64_t>(n, 1) : g; };
-  parallel_for(N, grain(N, 16), [&](int64_t nb, int64_t ne) {
+  // (small updates on the calling thread alone: threading.h, grain_for)
+  const int64_t work = (int64_t)N * K * M;
+  parallel_for(N, grain_for(N, 16, work), [&](int64_t nb, int64_t ne) {
     RowReader rr(X, rows, K, N);
     for (int64_t n = nb; n < ne; ++n) {
       float a = 0.0f, c = 0.0f;
@@ -776,7 +773,7 @@ void pulsed_update_impl(float *W, int M, int K, const float *X, const RowBlockFn
     }
   });
   Batch b;
-  b.serial = serial;
+  b.work = work;
   b.sc.resize(N);
   int max_bl = 0;
   for (int n = 0; n < N; ++n) {
@@ -842,7 +839,7 @@ void pulsed_update_impl(float *W, int M, int K, const float *X, const RowBlockFn
       b.xact.resize(NK);
       b.nxact.resize(b.N);
     }
-    parallel_for(b.N, grain(b.N, 1), [&](int64_t nb, int64_t ne) {
+    parallel_for(b.N, grain_for(b.N, 1, work), [&](int64_t nb, int64_t ne) {
       TrainScratch ts;
       RowReader rr(X, rows, K, N);
       for (int64_t n = nb; n < ne; ++n) {  // (n: place in the chunk)
@@ -882,7 +879,7 @@ void pulsed_update_impl(float *W, int M, int K, const float *X, const RowBlockFn
     // ---- phase 2: coincidences, row by row ----
     if (!b.implicit && !b.narrow) build_slot_lists(b, constant_step);
 
-    parallel_for(M, grain(M, 4), [&](int64_t jb, int64_t je) {
+    parallel_for(M, grain_for(M, 4, work), [&](int64_t jb, int64_t je) {
       if (constant_step) rows_constant_step(b, jb, je);
       else rows_pulse_by_pulse(b, jb, je);
     });

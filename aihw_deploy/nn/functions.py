@@ -29,8 +29,13 @@ def _weight_grad(tile, x: Tensor, d: Tensor):
     update itself from (x, d)."""
     if tile.pending_update(x, d):
         return None
+    return _grad_scaled(tile, d).t().mm(x)
+
+
+def _grad_scaled(tile, d: Tensor) -> Tensor:
+    """d times the tile's per-row gradient scale (the remapping's digital scale), if it has one."""
     scale = getattr(tile, "weight_gradient_scale", lambda: None)()
-    return (d * scale if scale is not None else d).t().mm(x)
+    return d * scale if scale is not None else d
 
 
 class AnalogConvFunction(torch.autograd.Function):
@@ -58,6 +63,5 @@ class AnalogConvFunction(torch.autograd.Function):
             if tile.collects_updates:  # pulsed: the tile updates itself at the optimizer step
                 tile.pending_conv_update(conv.update_pair(x, d))
             else:  # d^T columns, a few images at a time (never the whole unfolded input)
-                scale = getattr(tile, "weight_gradient_scale", lambda: None)()
-                grad_w = conv.weight_grad(x, d * scale if scale is not None else d)
+                grad_w = conv.weight_grad(x, _grad_scaled(tile, d))
         return grad_x, grad_w, None, None

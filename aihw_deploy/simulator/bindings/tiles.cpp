@@ -334,15 +334,7 @@ void bind_tiles(py::module_ &m) {
           py::gil_scoped_release nogil;
           const int64_t N = xb.shape[0];
           io_mvm(wb.ptr, M, K, transposed, xb.ptr, (int)N, y, io, map, bound_management, ap, na, MVMCall{seed, call});
-          // (on rpucuda's pool, still awake: a torch add here would wake torch's OpenMP threads, which
-          // then spin beside rpucuda's threads into the next call)
-          if (bp != nullptr)
-            parallel_for(N, std::max<int64_t>(1, 16384 / std::max(outn, 1)), [&](int64_t r0, int64_t r1) {
-              for (int64_t row = r0; row < r1; ++row) {
-                float *yr = y + row * outn;
-                for (int o = 0; o < outn; ++o) yr[o] = yr[o] + bp[o];
-              }
-            });
+          if (bp != nullptr) add_bias(y, N, outn, bp);
           return r;
         },
         py::arg("weights"), py::arg("x"), py::arg("out") = py::none(), py::arg("io"), py::arg("mapping"),

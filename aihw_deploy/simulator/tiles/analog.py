@@ -100,12 +100,9 @@ class AnalogTile(TileBase):
         if not self._pending:
             return
         if len(self._pending) == 1 and isinstance(self._pending[0], ConvPair) and not self.on_cuda:
-            p = self._pending[0]
-            self._pending.clear()
-            self._native.learning_rate = float(lr)
-            self._native.update_conv(p.x.detach().contiguous(), p.d.contiguous(), *p.geometry,
-                                     ones_column=p.ones_column)
-            self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
+            p = self._pending.pop()
+            self._native_update(lr, lambda: self._native.update_conv(p.x.detach().contiguous(), p.d.contiguous(),
+                                                                     *p.geometry, ones_column=p.ones_column))
             return
         pairs = [(p.columns(), p.d) if isinstance(p, ConvPair) else p for p in self._pending]
         if len(pairs) == 1:
@@ -119,8 +116,12 @@ class AnalogTile(TileBase):
             cuda.pulsed_update(self.weight.data, x.contiguous(), d.contiguous(), float(lr), n.update_parameters,
                                n.device, self._cells, self.seed, self._next_call())
             return
+        self._native_update(lr, lambda: self._native.update(x.contiguous(), d.contiguous()))
+
+    def _native_update(self, lr: float, run) -> None:
+        """run() (an update of the CPU tile) at learning rate lr; then weight mirrors the devices."""
         self._native.learning_rate = float(lr)
-        self._native.update(x.contiguous(), d.contiguous())
+        run()
         self.weight.data.copy_(torch.from_numpy(self._native.get_weights()))
 
     def clear_pending(self) -> None:
