@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <type_traits>
 #include <vector>
@@ -224,19 +225,20 @@ void store_run(const float *__restrict src, int len, const float *bias, float *_
   }
 }
 
-// A float buffer whose data() is 64-byte aligned (the block rows are whole cache lines).
+// A float buffer whose data() is 64-byte aligned (the block rows are whole cache lines), left
+// uninitialized (every worker makes its own per call: zeroing them cost 2% of a convolution).
 class Aligned64 {
  public:
   void resize(size_t n) {
-    buf_.resize(n + 16);
-    const uintptr_t p = reinterpret_cast<uintptr_t>(buf_.data());
-    data_ = buf_.data() + ((64 - (p & 63)) & 63) / sizeof(float);
+    buf_.reset(new float[n + 16]);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(buf_.get());
+    data_ = buf_.get() + ((64 - (p & 63)) & 63) / sizeof(float);
   }
   float *data() { return data_; }
   float &operator[](size_t i) { return data_[i]; }
 
  private:
-  std::vector<float> buf_;
+  std::unique_ptr<float[]> buf_;
   float *data_ = nullptr;
 };
 
@@ -321,7 +323,32 @@ __attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, co
         const float *xi = X + i;
         float *qj = q + j;
         auto exact = [&](__m512 x) { return _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, f + j)); };
-        if (m == 0xFFFF && z == nullptr) {
+        if (m == 0xFFFF && z == nullptr && kBound) {
+          // The check of quantize_512 once per group of kGroup rows (the largest |qa - n| of
+          // the group; no NaN here, B is finite); a group that fails is done again by
+          // quantize_512, which takes the exact path for the lanes that need it (about 3% of
+          // groups with the default 7-bit DAC).
+          constexpr int64_t kGroup = 8;
+          const __m512 vstep = _mm512_set1_ps(step), vc = _mm512_set1_ps(c);
+          for (int64_t k0 = 0; k0 < k_cols; k0 += kGroup) {
+            const int64_t k1 = std::min(k_cols, k0 + kGroup);
+            __m512 emax = _mm512_setzero_ps();
+            for (int64_t k = k0; k < k1; ++k) {
+              const __m512 qa = _mm512_mul_ps(_mm512_loadu_ps(xi + offk[k]), fi);
+              const __m512 n = _mm512_roundscale_ps(qa, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+              emax = _mm512_max_ps(emax, _mm512_abs_ps(_mm512_sub_ps(qa, n)));
+              __m512 r = _mm512_mul_ps(_mm512_add_ps(n, _mm512_setzero_ps()), vstep);  // (+0: as quantize_512)
+              if (kC) r = _mm512_max_ps(_mm512_min_ps(r, _mm512_set1_ps(bound)), _mm512_set1_ps(-bound));
+              _mm512_storeu_ps(qj + k * ld, r);
+            }
+            if (_mm512_cmp_ps_mask(emax, vc, _CMP_LT_OQ) != 0xFFFF)
+              for (int64_t k = k0; k < k1; ++k) {
+                const __m512 x = _mm512_loadu_ps(xi + offk[k]);
+                _mm512_storeu_ps(qj + k * ld, quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c,
+                                                                       [&] { return exact(x); }));
+              }
+          }
+        } else if (m == 0xFFFF && z == nullptr) {
           for (int64_t k = 0; k < k_cols; ++k) {
             const __m512 x = _mm512_loadu_ps(xi + offk[k]);
             _mm512_storeu_ps(qj + k * ld,
@@ -621,12 +648,9 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
   };
 
   // The blocks are unfolded from a zero-padded copy of the input (geometry sp, no padding): the
-  // same elements, and no padding cases in the unfolding loops.
-  // (kept between calls, like io_mvm's buffers: a few MB allocated and freed per call would
-  // move glibc's dynamic mmap threshold and grow the heap)
-  // (references: the workers must reach the calling thread's buffers, not their own)
-  static thread_local std::vector<float> tl_x_padded, tl_amap, tl_mmap, tl_wt;
-  std::vector<float> &x_padded = tl_x_padded, &amap = tl_amap, &mmap = tl_mmap, &WT = tl_wt;
+  // same elements, and no padding cases in the unfolding loops.  Noise management reads maps of
+  // each image (see pixel_maps_body), unfolded per block as a one-channel input of the same
+  // geometry (ms); max x only for noise management MAX.
   const bool padded = s.padding[0] > 0 || s.padding[1] > 0 || s.padding[2] > 0;
   ConvShape sp = s;
   if (padded) {
@@ -635,47 +659,57 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
       sp.padding[d] = 0;
     }
     sp.image_stride = s.channels * sp.in_volume();
-    x_padded.resize((size_t)(s.batch * sp.image_stride));
   }
-  const float *Xu = padded ? x_padded.data() : X;
-  // Noise-management maps of every image (see pixel_maps_body), unfolded per block as a
-  // one-channel input with the same geometry; max x only for noise management MAX.
   ConvShape ms = sp;
   ms.channels = 1;
   ms.image_stride = sp.in_volume();
   const int64_t V = sp.in_volume(), kv = s.kernel_volume();
   const bool need_mx = io.noise_management == NoiseManagementType::Max;
-  if (!io.is_perfect) {
-    amap.resize((size_t)(s.batch * V));
-    mmap.resize((size_t)(s.batch * V));
-  }
-  // Per image (one pass while it is in cache): the padded copy, then the maps (and the check for
-  // NaN and Inf, with the maps or on its own).
-  if (padded || !io.is_perfect || nonfinite != nullptr)
-    parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n) {
-        if (padded)
-          for (int64_t c = 0; c < s.channels; ++c) {
-            const float *src = X + n * s.image_stride + c * s.in_volume();
-            float *dst = x_padded.data() + n * sp.image_stride + c * V;
-            std::memset(dst, 0, sizeof(float) * V);
-            for (int64_t i0 = 0; i0 < s.in[0]; ++i0)
-              for (int64_t i1 = 0; i1 < s.in[1]; ++i1)
-                std::memcpy(dst + ((i0 + s.padding[0]) * sp.in[1] + i1 + s.padding[1]) * sp.in[2] + s.padding[2],
-                            src + (i0 * s.in[1] + i1) * s.in[2], sizeof(float) * s.in[2]);
+  // Image n made ready (one pass while it is in cache): the padded copy into xp (if padded), the
+  // maps into am, mm (if not perfect; mm only for MAX) and the check for NaN and Inf, with the
+  // maps or on its own.  Returns where the blocks unfold image n from.
+  auto prepare_image = [&](int64_t n, float *xp, float *am, float *mm) {
+    const float *img = X + n * s.image_stride;
+    if (padded) {
+      const int64_t P0 = s.padding[0], P1 = s.padding[1], P2 = s.padding[2], S1 = sp.in[1], S2 = sp.in[2];
+      for (int64_t c = 0; c < s.channels; ++c) {
+        const float *src = img + c * s.in_volume();
+        float *dst = xp + c * V;
+        for (int64_t i0 = 0; i0 < sp.in[0]; ++i0) {  // only the padding is zeroed
+          float *plane = dst + i0 * S1 * S2;
+          if (i0 < P0 || i0 >= P0 + s.in[0]) {
+            std::memset(plane, 0, sizeof(float) * S1 * S2);
+            continue;
           }
-        bool bad = false;
-        if (!io.is_perfect)
-          bad = CONV_CALL(pixel_maps, (Xu + n * sp.image_stride, s.channels, V, amap.data() + n * V, mmap.data() + n * V));
-        else if (nonfinite != nullptr)
-          bad = scan_nonfinite(n);
-        if (bad) any_nonfinite.store(true, std::memory_order_relaxed);
+          std::memset(plane, 0, sizeof(float) * (P1 * S2 + P2));
+          for (int64_t i1 = 0; i1 < s.in[1]; ++i1) {
+            float *row = plane + (i1 + P1) * S2 + P2;
+            std::memcpy(row, src + ((i0 - P0) * s.in[1] + i1) * s.in[2], sizeof(float) * s.in[2]);
+            // this row's right padding and the next row's left padding (or the plane's last rows)
+            const int64_t gap = i1 + 1 < s.in[1] ? 2 * P2 : P2 + P1 * S2;
+            std::memset(row + s.in[2], 0, sizeof(float) * gap);
+          }
+        }
       }
-    });
-  if (nonfinite != nullptr) *nonfinite = any_nonfinite.load();
+    }
+    const float *xi = padded ? xp : img;
+    bool bad = false;
+    if (!io.is_perfect)
+      bad = CONV_CALL(pixel_maps, (xi, s.channels, V, am, mm));
+    else if (nonfinite != nullptr)
+      bad = scan_nonfinite(n);
+    if (bad) any_nonfinite.store(true, std::memory_order_relaxed);
+    return xi;
+  };
+  const bool prep_needed = padded || !io.is_perfect || nonfinite != nullptr;
 
   // The weights (after read noise) transposed, WT[i * M + o]: analog_gemm_columns reads the
   // weights of one input for several outputs at once.
+  // (kept between calls, like io_mvm's buffers: a few MB allocated and freed per call would
+  // move glibc's dynamic mmap threshold and grow the heap)
+  // (references: the workers must reach the calling thread's buffers, not their own)
+  static thread_local std::vector<float> tl_x_padded, tl_amap, tl_mmap, tl_wt;
+  std::vector<float> &x_padded = tl_x_padded, &amap = tl_amap, &mmap = tl_mmap, &WT = tl_wt;
   WT.resize((size_t)K * M);
   {
     const float *Wsrc = io.is_perfect ? W : Wu;
@@ -685,117 +719,166 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
   const int max_lo = std::min(M, out_chunk);
   // [N * L, M]-like layouts: row r (= n * L + l) at Y + r * position, outputs contiguous
   const bool rows_layout = yl.channel == 1 && yl.image == L * yl.position;
-  const int64_t n_items = (rows + kBlockRows - 1) / kBlockRows;
-  // (every value depends on its block only)
-  parallel_for_dynamic(n_items, 1, [&](int64_t b, int64_t e) {
-    constexpr int R = kBlockRows;
-    // (locals, not thread_local: the hot loops must not reach them through the TLS machinery)
-    Aligned64 qt, yt, zt, mt;  // (rows of R floats: whole cache lines)
+
+  // One worker's buffers.  (locals, not thread_local: the hot loops must not reach them through
+  // the TLS machinery)
+  struct Scratch {
+    Aligned64 qt, yt, zt, mt;  // (rows of kBlockRows floats: whole cache lines)
     std::vector<float> xrow, qrow, yrow, zrow;
     std::vector<Run> runs;
     ColumnsBlock cb, mb;
-    qt.resize((size_t)K * R);
-    yt.resize((size_t)max_lo * R);
+  };
+  auto make_scratch = [&](Scratch &w) {
+    w.qt.resize((size_t)K * kBlockRows);
+    w.yt.resize((size_t)max_lo * kBlockRows);
     if (!io.is_perfect) {
-      zt.resize((size_t)std::max(K, max_lo) * R);
-      mt.resize((size_t)kv * R);
+      w.zt.resize((size_t)std::max(K, max_lo) * kBlockRows);
+      w.mt.resize((size_t)kv * kBlockRows);
     }
+  };
+  // Block of positions r0 .. r0+nr-1 (rows of io_mvm).  The unfolding reads xs, am, mm (input
+  // and maps, geometry sp / ms) at row rl (= r0 when they hold every image, r0 - n L when they
+  // hold image n alone); every value depends on the block's positions only.
+  auto run_block = [&](Scratch &w, int64_t r0, int64_t rl, int nr, const float *xs, const float *am,
+                       const float *mm) {
+    constexpr int R = kBlockRows;
     alignas(64) float amax[R], mx[R], sn[R], f[R], g[R];
     alignas(64) int nan[R], cnt[R];
     alignas(64) uint64_t base[R];
-    for (int64_t item = b; item < e; ++item) {
-      const int64_t r0 = item * R;
-      const int nr = (int)std::min<int64_t>(R, rows - r0);
-      cb.prepare(sp, r0, nr);
-      block_runs(r0, nr, L, runs);
-      auto store = [&](int o0, int Lo) {
-        if (rows_layout) {  // scale and bias in place, then the block transposed into its rows
-          for (int o = 0; o < Lo; ++o) {
-            float *yo = yt.data() + (int64_t)o * R;
-            if (scaled) {
-              const float fo = out_factor(o0 + o);
-              for (int j = 0; j < nr; ++j) yo[j] *= fo;
-            }
-            if (bias != nullptr) {
-              const float bo = bias[o0 + o];
-              for (int j = 0; j < nr; ++j) yo[j] = yo[j] + bo;
-            }
-          }
-          transpose_block(yt.data(), R, nr, Lo, Y + r0 * yl.position + o0, yl.position);
-          return;
-        }
+    Aligned64 &qt = w.qt, &yt = w.yt, &zt = w.zt, &mt = w.mt;
+    w.cb.prepare(sp, rl, nr);
+    block_runs(r0, nr, L, w.runs);
+    auto store = [&](int o0, int Lo) {
+      if (rows_layout) {  // scale and bias in place, then the block transposed into its rows
         for (int o = 0; o < Lo; ++o) {
           float *yo = yt.data() + (int64_t)o * R;
           if (scaled) {
             const float fo = out_factor(o0 + o);
             for (int j = 0; j < nr; ++j) yo[j] *= fo;
           }
-          for (const Run &u : runs)
-            store_run(yo + u.j, u.len, bias == nullptr ? nullptr : bias + o0 + o,
-                      Y + u.n * yl.image + (int64_t)(o0 + o) * yl.channel + u.l * yl.position, yl.position);
+          if (bias != nullptr) {
+            const float bo = bias[o0 + o];
+            for (int j = 0; j < nr; ++j) yo[j] = yo[j] + bo;
+          }
         }
-      };
-      if (io.is_perfect) {
-        cb.fill(Xu, ones_column, 0, K, qt.data(), R);
-        analog_gemm_columns(nr, M, K, qt.data(), R, WT.data(), M, yt.data(), R);
-        store(0, M);
-        continue;
+        transpose_block(yt.data(), R, nr, Lo, Y + r0 * yl.position + o0, yl.position);
+        return;
       }
-      // Noise management: one scale per position, the same on every tile (one tile along the input).
-      mb.prepare(ms, r0, nr);
-      for (int j = 0; j < nr; ++j) {
-        amax[j] = ones_column ? 1.0f : 0.0f;
-        mx[j] = ones_column ? 1.0f : -INFINITY;
-        nan[j] = 0;
-        cnt[j] = 0;
-      }
-      mb.fill(amap.data(), false, 0, kv, mt.data(), R);
-      CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, amax, nan));
-      if (need_mx) {
-        mb.fill(mmap.data(), false, 0, kv, mt.data(), R);
-        CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, mx, cnt));  // (cnt: scratch, mmap has no NaN)
-      }
-      bool any_zero = false;
-      for (int j = 0; j < nr; ++j) {
-        sn[j] = noise_scale(io, nan[j] ? NAN : amax[j], mx[j]);
-        any_zero |= sn[j] == 0.0f;
-        // A zero position's output is 0; its DAC input 0 (f = 0) instead of 0 * inf.
-        f[j] = sn[j] == 0.0f ? 0.0f : 1.0f / (sn[j] * 1.0f);
-        g[j] = sn[j] * 1.0f;
-      }
-      for (int blk = 0; blk < n_blocks; ++blk) {
-        const int o0 = blk * out_chunk, Lo = std::min(M, o0 + out_chunk) - o0;
-        for (int j = 0; j < nr; ++j) base[j] = noise_base(r0 + j, n_blocks, blk);
-        if (blk == 0 || inp_noise > 0.0f) {  // the DAC (input noise differs per tile)
-          if (inp_noise > 0.0f) fill_normal_columns(zt.data(), R, K, nr, base, rng.seed, TAG_INP_NOISE, 0, rng.call);
-          fill_dac(cb, Xu, ones_column, K, nr, R, f, amax, inp_step, inp_bound, inp_noise,
-                   inp_noise > 0.0f ? zt.data() : nullptr, qt.data());
+      for (int o = 0; o < Lo; ++o) {
+        float *yo = yt.data() + (int64_t)o * R;
+        if (scaled) {
+          const float fo = out_factor(o0 + o);
+          for (int j = 0; j < nr; ++j) yo[j] *= fo;
         }
-        analog_gemm_columns(nr, Lo, K, qt.data(), R, WT.data() + o0, M, yt.data(), R);
-        const float *zout = nullptr;
-        if (out_noise > 0.0f) {
-          fill_normal_columns(zt.data(), R, Lo, nr, base, rng.seed, TAG_OUT_NOISE, 0, rng.call);
-          zout = zt.data();
-        }
-        for (int j = 0; j < nr; ++j) cnt[j] = 0;
-        adc_cols(g_simd, yt.data(), Lo, nr, R, out_noise, zout, use_bm, out_bound, g, out_step, out_bound, cnt);
-        if (any_zero)
-          for (int o = 0; o < Lo; ++o)
-            for (int j = 0; j < nr; ++j)
-              if (sn[j] == 0.0f) yt[(size_t)o * R + j] = 0.0f;
-        store(o0, Lo);
-        if (use_bm)
-          for (int j = 0; j < nr; ++j)
-            if (cnt[j] > 0 && sn[j] != 0.0f) {
-              xrow.resize(K);
-              qrow.resize(K);
-              yrow.resize(max_lo);
-              zrow.resize(std::max(K, max_lo));
-              redo_position(r0 + j, blk, sn[j], xrow.data(), qrow.data(), yrow.data(), zrow.data());
-            }
+        for (const Run &u : w.runs)
+          store_run(yo + u.j, u.len, bias == nullptr ? nullptr : bias + o0 + o,
+                    Y + u.n * yl.image + (int64_t)(o0 + o) * yl.channel + u.l * yl.position, yl.position);
       }
+    };
+    if (io.is_perfect) {
+      w.cb.fill(xs, ones_column, 0, K, qt.data(), R);
+      analog_gemm_columns(nr, M, K, qt.data(), R, WT.data(), M, yt.data(), R);
+      store(0, M);
+      return;
     }
-  });
+    // Noise management: one scale per position, the same on every tile (one tile along the input).
+    w.mb.prepare(ms, rl, nr);
+    for (int j = 0; j < nr; ++j) {
+      amax[j] = ones_column ? 1.0f : 0.0f;
+      mx[j] = ones_column ? 1.0f : -INFINITY;
+      nan[j] = 0;
+      cnt[j] = 0;
+    }
+    w.mb.fill(am, false, 0, kv, mt.data(), R);
+    CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, amax, nan));
+    if (need_mx) {
+      w.mb.fill(mm, false, 0, kv, mt.data(), R);
+      CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, mx, cnt));  // (cnt: scratch, mm has no NaN)
+    }
+    bool any_zero = false;
+    for (int j = 0; j < nr; ++j) {
+      sn[j] = noise_scale(io, nan[j] ? NAN : amax[j], mx[j]);
+      any_zero |= sn[j] == 0.0f;
+      // A zero position's output is 0; its DAC input 0 (f = 0) instead of 0 * inf.
+      f[j] = sn[j] == 0.0f ? 0.0f : 1.0f / (sn[j] * 1.0f);
+      g[j] = sn[j] * 1.0f;
+    }
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int o0 = blk * out_chunk, Lo = std::min(M, o0 + out_chunk) - o0;
+      for (int j = 0; j < nr; ++j) base[j] = noise_base(r0 + j, n_blocks, blk);
+      if (blk == 0 || inp_noise > 0.0f) {  // the DAC (input noise differs per tile)
+        if (inp_noise > 0.0f) fill_normal_columns(zt.data(), R, K, nr, base, rng.seed, TAG_INP_NOISE, 0, rng.call);
+        fill_dac(w.cb, xs, ones_column, K, nr, R, f, amax, inp_step, inp_bound, inp_noise,
+                 inp_noise > 0.0f ? zt.data() : nullptr, qt.data());
+      }
+      analog_gemm_columns(nr, Lo, K, qt.data(), R, WT.data() + o0, M, yt.data(), R);
+      const float *zout = nullptr;
+      if (out_noise > 0.0f) {
+        fill_normal_columns(zt.data(), R, Lo, nr, base, rng.seed, TAG_OUT_NOISE, 0, rng.call);
+        zout = zt.data();
+      }
+      for (int j = 0; j < nr; ++j) cnt[j] = 0;
+      adc_cols(g_simd, yt.data(), Lo, nr, R, out_noise, zout, use_bm, out_bound, g, out_step, out_bound, cnt);
+      if (any_zero)
+        for (int o = 0; o < Lo; ++o)
+          for (int j = 0; j < nr; ++j)
+            if (sn[j] == 0.0f) yt[(size_t)o * R + j] = 0.0f;
+      store(o0, Lo);
+      if (use_bm)
+        for (int j = 0; j < nr; ++j)
+          if (cnt[j] > 0 && sn[j] != 0.0f) {
+            w.xrow.resize(K);
+            w.qrow.resize(K);
+            w.yrow.resize(max_lo);
+            w.zrow.resize(std::max(K, max_lo));
+            redo_position(r0 + j, blk, sn[j], w.xrow.data(), w.qrow.data(), w.yrow.data(), w.zrow.data());
+          }
+    }
+  };
+
+  if (s.batch >= 4 * get_num_threads()) {
+    // Enough images to share: each worker makes an image ready in its own buffers (a padded
+    // image stays in cache) and computes the image's blocks right away.
+    const int64_t per_image = (L + kBlockRows - 1) / kBlockRows;
+    parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
+      Scratch w;
+      make_scratch(w);
+      Aligned64 xp, am, mm;
+      xp.resize(padded ? (size_t)sp.image_stride : 0);
+      am.resize(io.is_perfect ? 0 : (size_t)V);
+      mm.resize(io.is_perfect ? 0 : (size_t)V);
+      for (int64_t n = b; n < e; ++n) {
+        const float *xs = prep_needed ? prepare_image(n, xp.data(), am.data(), mm.data()) : X + n * s.image_stride;
+        for (int64_t i = 0; i < per_image; ++i) {
+          const int64_t l0 = i * kBlockRows;
+          run_block(w, n * L + l0, l0, (int)std::min<int64_t>(kBlockRows, L - l0), xs, am.data(), mm.data());
+        }
+      }
+    });
+  } else {
+    // Few images: all made ready first (shared buffers), then the blocks shared among the threads.
+    if (padded) x_padded.resize((size_t)(s.batch * sp.image_stride));
+    if (!io.is_perfect) {
+      amap.resize((size_t)(s.batch * V));
+      mmap.resize((size_t)(s.batch * V));
+    }
+    if (prep_needed)
+      parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n)
+          prepare_image(n, padded ? x_padded.data() + n * sp.image_stride : nullptr,
+                        io.is_perfect ? nullptr : amap.data() + n * V, io.is_perfect ? nullptr : mmap.data() + n * V);
+      });
+    const float *Xu = padded ? x_padded.data() : X;
+    parallel_for_dynamic((rows + kBlockRows - 1) / kBlockRows, 1, [&](int64_t b, int64_t e) {
+      Scratch w;
+      make_scratch(w);
+      for (int64_t item = b; item < e; ++item) {
+        const int64_t r0 = item * kBlockRows;
+        run_block(w, r0, r0, (int)std::min<int64_t>(kBlockRows, rows - r0), Xu, amap.data(), mmap.data());
+      }
+    });
+  }
+  if (nonfinite != nullptr) *nonfinite = any_nonfinite.load();
 }
 
 }  // namespace rpu

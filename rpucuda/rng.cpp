@@ -98,49 +98,85 @@ __attribute__((target("avx2"))) void philox_ctr_lanes_avx2(const uint32_t *lo, c
                        _mm256_set1_epi32((int)c3), k0, k1, w, l);
 }
 
-// 16 blocks at a time.  (GCC 12 warns about _mm512_undefined_epi32() inside its own header.)
+// kV vectors of 16 blocks at a time, side by side: kV independent dependency chains for the
+// out-of-order core (4 ran 2% faster in the convolution pipeline than 1).  c0[v], c1[v]: the low
+// counter words of vector v.  (GCC 12 warns about _mm512_undefined_epi32() inside its own
+// header.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int kV>
 __attribute__((target("avx512f"))) inline __attribute__((always_inline)) void philox_rounds_avx512(
-    __m512i x0, __m512i x1, __m512i x2, __m512i x3, uint32_t ka, uint32_t kb, uint32_t (*w)[kLanes], int l) {
+    const __m512i *c0, const __m512i *c1, uint32_t c2, uint32_t c3, uint32_t ka, uint32_t kb, uint32_t (*w)[kLanes],
+    int l) {
   const __m512i M0 = _mm512_set1_epi32((int)0xD2511F53u), M1 = _mm512_set1_epi32((int)0xCD9E8D57u);
+  __m512i x0[kV], x1[kV], x2[kV], x3[kV];
+  for (int v = 0; v < kV; ++v) {
+    x0[v] = c0[v];
+    x1[v] = c1[v];
+    x2[v] = _mm512_set1_epi32((int)c2);
+    x3[v] = _mm512_set1_epi32((int)c3);
+  }
   for (int r = 0; r < 10; ++r) {
-    // 64-bit products of the even lanes (pe) and of the odd lanes (po, halves swapped down);
-    // the low and high words put in place with one masked half-swap each
-    const __m512i pe0 = _mm512_mul_epu32(x0, M0), po0 = _mm512_mul_epu32(_mm512_shuffle_epi32(x0, _MM_PERM_CDAB), M0);
-    const __m512i pe1 = _mm512_mul_epu32(x2, M1), po1 = _mm512_mul_epu32(_mm512_shuffle_epi32(x2, _MM_PERM_CDAB), M1);
-    const __m512i lo0 = _mm512_mask_shuffle_epi32(pe0, 0xAAAA, po0, _MM_PERM_CDAB);
-    const __m512i hi0 = _mm512_mask_shuffle_epi32(po0, 0x5555, pe0, _MM_PERM_CDAB);
-    const __m512i lo1 = _mm512_mask_shuffle_epi32(pe1, 0xAAAA, po1, _MM_PERM_CDAB);
-    const __m512i hi1 = _mm512_mask_shuffle_epi32(po1, 0x5555, pe1, _MM_PERM_CDAB);
-    x0 = _mm512_ternarylogic_epi32(hi1, x1, _mm512_set1_epi32((int)ka), 0x96);
-    x2 = _mm512_ternarylogic_epi32(hi0, x3, _mm512_set1_epi32((int)kb), 0x96);
-    x1 = lo1;
-    x3 = lo0;
+    const __m512i KA = _mm512_set1_epi32((int)ka), KB = _mm512_set1_epi32((int)kb);
+    for (int v = 0; v < kV; ++v) {
+      // 64-bit products of the even lanes (pe) and of the odd lanes (po, halves swapped down);
+      // the low and high words put in place with one masked half-swap each
+      const __m512i pe0 = _mm512_mul_epu32(x0[v], M0);
+      const __m512i po0 = _mm512_mul_epu32(_mm512_shuffle_epi32(x0[v], _MM_PERM_CDAB), M0);
+      const __m512i pe1 = _mm512_mul_epu32(x2[v], M1);
+      const __m512i po1 = _mm512_mul_epu32(_mm512_shuffle_epi32(x2[v], _MM_PERM_CDAB), M1);
+      const __m512i hi0 = _mm512_mask_shuffle_epi32(po0, 0x5555, pe0, _MM_PERM_CDAB);
+      const __m512i hi1 = _mm512_mask_shuffle_epi32(po1, 0x5555, pe1, _MM_PERM_CDAB);
+      x0[v] = _mm512_ternarylogic_epi32(hi1, x1[v], KA, 0x96);
+      x2[v] = _mm512_ternarylogic_epi32(hi0, x3[v], KB, 0x96);
+      x1[v] = _mm512_mask_shuffle_epi32(pe1, 0xAAAA, po1, _MM_PERM_CDAB);  // lo1
+      x3[v] = _mm512_mask_shuffle_epi32(pe0, 0xAAAA, po0, _MM_PERM_CDAB);  // lo0
+    }
     ka += 0x9E3779B9u;
     kb += 0xBB67AE85u;
   }
-  _mm512_storeu_si512(w[0] + l, x0);
-  _mm512_storeu_si512(w[1] + l, x1);
-  _mm512_storeu_si512(w[2] + l, x2);
-  _mm512_storeu_si512(w[3] + l, x3);
+  for (int v = 0; v < kV; ++v) {
+    _mm512_storeu_si512(w[0] + l + 16 * v, x0[v]);
+    _mm512_storeu_si512(w[1] + l + 16 * v, x1[v]);
+    _mm512_storeu_si512(w[2] + l + 16 * v, x2[v]);
+    _mm512_storeu_si512(w[3] + l + 16 * v, x3[v]);
+  }
 }
 
 __attribute__((target("avx512f"))) void philox_lanes_avx512(uint32_t lo, int n, uint32_t hi, uint32_t c2,
                                                               uint32_t c3, uint32_t k0, uint32_t k1,
                                                               uint32_t (*w)[kLanes]) {
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int l = 0; l < n; l += 16)
-    philox_rounds_avx512(_mm512_add_epi32(_mm512_set1_epi32((int)(lo + (uint32_t)l)), lane), _mm512_set1_epi32((int)hi),
-                         _mm512_set1_epi32((int)c2), _mm512_set1_epi32((int)c3), k0, k1, w, l);
+  __m512i a[4], b[4];
+  for (int v = 0; v < 4; ++v) b[v] = _mm512_set1_epi32((int)hi);
+  int l = 0;
+  for (; l + 64 <= n; l += 64) {
+    for (int v = 0; v < 4; ++v) a[v] = _mm512_add_epi32(_mm512_set1_epi32((int)(lo + (uint32_t)(l + 16 * v))), lane);
+    philox_rounds_avx512<4>(a, b, c2, c3, k0, k1, w, l);
+  }
+  for (; l < n; l += 16) {
+    a[0] = _mm512_add_epi32(_mm512_set1_epi32((int)(lo + (uint32_t)l)), lane);
+    philox_rounds_avx512<1>(a, b, c2, c3, k0, k1, w, l);
+  }
 }
 
 __attribute__((target("avx512f"))) void philox_ctr_lanes_avx512(const uint32_t *lo, const uint32_t *hi, int n,
                                                                   uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
                                                                   uint32_t (*w)[kLanes]) {
-  for (int l = 0; l < n; l += 16)
-    philox_rounds_avx512(_mm512_loadu_si512(lo + l), _mm512_loadu_si512(hi + l), _mm512_set1_epi32((int)c2),
-                         _mm512_set1_epi32((int)c3), k0, k1, w, l);
+  __m512i a[4], b[4];
+  int l = 0;
+  for (; l + 64 <= n; l += 64) {
+    for (int v = 0; v < 4; ++v) {
+      a[v] = _mm512_loadu_si512(lo + l + 16 * v);
+      b[v] = _mm512_loadu_si512(hi + l + 16 * v);
+    }
+    philox_rounds_avx512<4>(a, b, c2, c3, k0, k1, w, l);
+  }
+  for (; l < n; l += 16) {
+    a[0] = _mm512_loadu_si512(lo + l);
+    b[0] = _mm512_loadu_si512(hi + l);
+    philox_rounds_avx512<1>(a, b, c2, c3, k0, k1, w, l);
+  }
 }
 #pragma GCC diagnostic pop
 #endif

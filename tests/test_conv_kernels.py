@@ -31,6 +31,7 @@ GEOMETRIES = [
     ((3, 3), (3, 3), (1, 1), (0, 0), (1, 1)),  # one output position
     ((5, 6, 4), (2, 3, 2), (1, 2, 1), (1, 0, 1), (2, 1, 1)),
     ((4, 4, 5), (3, 1, 2), (2, 1, 3), (1, 0, 2), (1, 1, 2)),
+    ((13, 12), (3, 3), (1, 1), (1, 1), (1, 1)),  # 156 positions: two blocks of io_conv per image
 ]
 
 
@@ -203,6 +204,9 @@ CONV_SHAPES = [  # (geometry index, N, C, M, groups)
     (0, 4, 3, 5, 1),
     (5, 2, 2, 4, 2),
     (4, 5, 3, 7, 1),
+    # at least 4 images per thread (2 threads): io_conv goes image by image
+    (7, 9, 3, 4, 1),
+    (5, 8, 2, 3, 1),
 ]
 MAPPINGS = [(512, 512), (64, 3), (16, 8)]  # (16, 8): several tiles along the input (fallback)
 
