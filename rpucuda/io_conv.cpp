@@ -307,20 +307,21 @@ __attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, co
   // No padding and unit stride: every segment is a contiguous slice of the input; the K2
   // segments of a kernel row are done together (one pass over the run).
   if (st2 == 1 && s.padding[0] == 0 && s.padding[1] == 0 && s.padding[2] == 0) {
-    // offsets of column k's input for row 0 of the run, then 16 rows at a time down all columns
+    // offset of column k's input from that of column 0 (the same for every run: no padding),
+    // then 16 rows at a time down all columns
     const int64_t d2 = s.dilation[2];
     std::vector<int64_t> offk(k_cols);
+    for (int64_t ch = 0, k = 0; ch < s.channels; ++ch)
+      for (int64_t k01 = 0; k01 < K01; ++k01)
+        for (int64_t k2 = 0; k2 < K2; ++k2, ++k) offk[k] = ch * V + cb.line_off[k01] - cb.line_off[0] + k2 * d2;
     for (size_t u = 0; u < cb.runs.size(); ++u) {
       const ColumnsBlock::Run &run = cb.runs[u];
-      for (int64_t ch = 0, k = 0; ch < s.channels; ++ch)
-        for (int64_t k01 = 0; k01 < K01; ++k01)
-          for (int64_t k2 = 0; k2 < K2; ++k2, ++k)
-            offk[k] = run.img + ch * V + cb.line_off[u * K01 + k01] + run.o2 + k2 * d2;
+      const float *x0 = X + run.img + cb.line_off[u * K01] + run.o2;  // column 0 of the run's first row
       for (int64_t i = 0; i < run.len; i += 16) {
         const __mmask16 m = tail(run.len - i);
         const int64_t j = run.j + i;
         const __m512 fi = _mm512_maskz_loadu_ps(m, finv + j);
-        const float *xi = X + i;
+        const float *xi = x0 + i;
         float *qj = q + j;
         auto exact = [&](__m512 x) { return _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, f + j)); };
         if (m == 0xFFFF && z == nullptr && kBound) {
@@ -428,6 +429,58 @@ __attribute__((target("avx512f"))) void adc_cols_q512(float *y, int L, int nc, i
     _mm512_mask_storeu_epi32(cnt + j, m, c);
   }
 }
+// max_cols of the unfolded one-channel map of block mb (no padding, unit stride along the
+// innermost dimension) straight from the map: acc[j] = max(acc[j], every element of row j)
+// (a NaN skipped; nan[j] set if nan is not null).  The same values: vmaxps(v, acc) is
+// v > acc ? v : acc.
+__attribute__((target("avx512f"))) void window_max_512(const ColumnsBlock &mb, const float *map, float *acc,
+                                                       int *nan) {
+  const ConvShape &s = mb.s;
+  const int64_t K01 = s.kernel[0] * s.kernel[1], K2 = s.kernel[2], d2 = s.dilation[2];
+  for (size_t u = 0; u < mb.runs.size(); ++u) {
+    const ColumnsBlock::Run &run = mb.runs[u];
+    const float *base = map + run.img + run.o2;
+    for (int64_t i = 0; i < run.len; i += 16) {
+      const __mmask16 m = run.len - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (run.len - i)) - 1u);
+      const int64_t j = run.j + i;
+      __m512 a = _mm512_maskz_loadu_ps(m, acc + j);
+      __mmask16 bad = 0;
+      for (int64_t k01 = 0; k01 < K01; ++k01) {
+        const float *line = base + mb.line_off[u * K01 + k01] + i;
+        for (int64_t k2 = 0; k2 < K2; ++k2) {
+          const __m512 v = _mm512_maskz_loadu_ps(m, line + k2 * d2);
+          bad |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+          a = _mm512_max_ps(v, a);
+        }
+      }
+      _mm512_mask_storeu_ps(acc + j, m, a);
+      if (nan != nullptr && bad != 0)
+        for (int l = 0; l < 16; ++l)
+          if ((bad >> l) & 1) nan[j + l] = 1;
+    }
+  }
+}
+#endif
+
+
+#ifdef RPU_CONV_X86
+// finv[j] = f[j] * inv (j < nr); returns B >= every |x * finv[j]| of the block: the largest
+// amax[j] * finv[j] * (1 + 2^-20), NaN if any is NaN.
+__attribute__((target("avx512f"))) float dac_factors_512(const float *f, const float *amax, int nr, float inv,
+                                                         float *finv) {
+  __m512 b = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  for (int j = 0; j < nr; j += 16) {
+    const __mmask16 m = nr - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nr - j)) - 1u);
+    const __m512 fi = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, f + j), _mm512_set1_ps(inv));
+    _mm512_mask_storeu_ps(finv + j, m, fi);
+    const __m512 t =
+        _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, amax + j), fi), _mm512_set1_ps(1.0f + 0x1p-20f));
+    bad |= _mm512_mask_cmp_ps_mask(m, t, t, _CMP_UNORD_Q);
+    b = _mm512_mask_max_ps(b, m, t, b);
+  }
+  return bad != 0 ? NAN : _mm512_reduce_max_ps(b);
+}
 #endif
 
 // The DAC of a block (the template kernels; the AVX-512 path is fill_dac_q512).
@@ -445,13 +498,7 @@ void fill_dac(const ColumnsBlock &cb, const float *X, bool ones_column, int K, i
 #ifdef RPU_CONV_X86
   if (g_simd == 2 && step > 0.0f) {
     alignas(64) float finv[kBlockRows];
-    const float inv = 1.0f / step;
-    float B = 0.0f;  // >= every |x * finv[j]| of the block (NaN if unknown)
-    for (int j = 0; j < nr; ++j) {
-      finv[j] = f[j] * inv;
-      const float t = amax[j] * finv[j] * (1.0f + 0x1p-20f);
-      B = (t > B || t != t) ? t : B;
-    }
+    const float B = dac_factors_512(f, amax, nr, 1.0f / step, finv);
     auto run = [&](auto kc, auto kb, float c) {
       fill_dac_q512<decltype(kc)::value, decltype(kb)::value>(cb, X, ones_column, K, k_cols, nr, f, finv, step, bound,
                                                               c, noise, z, q, ld);
@@ -789,11 +836,19 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
       nan[j] = 0;
       cnt[j] = 0;
     }
-    w.mb.fill(am, false, 0, kv, mt.data(), R);
-    CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, amax, nan));
-    if (need_mx) {
-      w.mb.fill(mm, false, 0, kv, mt.data(), R);
-      CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, mx, cnt));  // (cnt: scratch, mm has no NaN)
+#ifdef RPU_CONV_X86
+    if (g_simd == 2 && ms.stride[2] == 1) {
+      window_max_512(w.mb, am, amax, nan);
+      if (need_mx) window_max_512(w.mb, mm, mx, nullptr);  // (mm has no NaN)
+    } else
+#endif
+    {
+      w.mb.fill(am, false, 0, kv, mt.data(), R);
+      CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, amax, nan));
+      if (need_mx) {
+        w.mb.fill(mm, false, 0, kv, mt.data(), R);
+        CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, mx, cnt));  // (cnt: scratch, mm has no NaN)
+      }
     }
     bool any_zero = false;
     for (int j = 0; j < nr; ++j) {
