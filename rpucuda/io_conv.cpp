@@ -541,6 +541,41 @@ void adc_cols(int g_simd, float *y, int L, int nc, int ld, float noise, const fl
 
 
 
+// Noise management of nr positions (noise_scale() of amax[j], or NaN where nan[j], and mx[j]):
+// sn[j], the DAC factor f[j] = 1 / sn[j] (0 for a zero position: its output is 0, and its DAC
+// input 0 instead of 0 * inf) and the output factor g[j] = sn[j].  Returns whether a position
+// is zero.  (One loop per type: branch-free, they vectorize.)
+bool noise_scales(const IOParameters &io, const float *amax, const float *mx, const int *nan, int nr, float *sn,
+                  float *f, float *g) {
+  int any_zero = 0;
+  auto run = [&](auto scale) {
+#pragma omp simd reduction(| : any_zero)
+    for (int j = 0; j < nr; ++j) {
+      const float a = nan[j] ? NAN : amax[j];
+      // (the last line of noise_scale)
+      const float s_ = a == 0.0f ? 0.0f : (a != a ? a : scale(a, mx[j]));
+      sn[j] = s_;
+      any_zero |= s_ == 0.0f;
+      f[j] = s_ == 0.0f ? 0.0f : 1.0f / (s_ * 1.0f);
+      g[j] = s_ * 1.0f;
+    }
+  };
+  const float thr = io.nm_thres;
+  switch (io.noise_management) {
+    case NoiseManagementType::None: run([](float, float) { return 1.0f; }); break;
+    case NoiseManagementType::Max: run([](float a, float m) { return m > 0.0f ? m : a; }); break;
+    case NoiseManagementType::Constant: {
+      const float c = thr > 0.0f ? thr : 1.0f;
+      run([c](float, float) { return c; });
+      break;
+    }
+    default:
+      if (thr > 0.0f) run([thr](float a, float) { return a > thr ? thr : a; });
+      else run([](float a, float) { return a; });
+  }
+  return any_zero != 0;
+}
+
 // A stretch of a block's positions inside one image: positions l .. l+len-1 of image n are
 // columns j .. j+len-1 of the block.
 struct Run {
@@ -850,17 +885,11 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
         CONV_CALL(max_cols, (mt.data(), (int)kv, nr, R, mx, cnt));  // (cnt: scratch, mm has no NaN)
       }
     }
-    bool any_zero = false;
-    for (int j = 0; j < nr; ++j) {
-      sn[j] = noise_scale(io, nan[j] ? NAN : amax[j], mx[j]);
-      any_zero |= sn[j] == 0.0f;
-      // A zero position's output is 0; its DAC input 0 (f = 0) instead of 0 * inf.
-      f[j] = sn[j] == 0.0f ? 0.0f : 1.0f / (sn[j] * 1.0f);
-      g[j] = sn[j] * 1.0f;
-    }
+    const bool any_zero = noise_scales(io, amax, mx, nan, nr, sn, f, g);
     for (int blk = 0; blk < n_blocks; ++blk) {
       const int o0 = blk * out_chunk, Lo = std::min(M, o0 + out_chunk) - o0;
-      for (int j = 0; j < nr; ++j) base[j] = noise_base(r0 + j, n_blocks, blk);
+      const uint64_t base0 = noise_base(r0, n_blocks, blk), base_step = noise_base(1, n_blocks, 0);
+      for (int j = 0; j < nr; ++j) base[j] = base0 + (uint64_t)j * base_step;
       if (blk == 0 || inp_noise > 0.0f) {  // the DAC (input noise differs per tile)
         if (inp_noise > 0.0f) fill_normal_columns(zt.data(), R, K, nr, base, rng.seed, TAG_INP_NOISE, 0, rng.call);
         fill_dac(w.cb, xs, ones_column, K, nr, R, f, amax, inp_step, inp_bound, inp_noise,
