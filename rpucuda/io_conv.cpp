@@ -226,11 +226,13 @@ void store_run(const float *__restrict src, int len, const float *bias, float *_
 }
 
 // A float buffer whose data() is 64-byte aligned (the block rows are whole cache lines), left
-// uninitialized (every worker makes its own per call: zeroing them cost 2% of a convolution).
+// uninitialized; resize() keeps the memory when it is large enough.
 class Aligned64 {
  public:
   void resize(size_t n) {
+    if (buf_ != nullptr && n <= cap_) return;
     buf_.reset(new float[n + 16]);
+    cap_ = n;
     const uintptr_t p = reinterpret_cast<uintptr_t>(buf_.get());
     data_ = buf_.get() + ((64 - (p & 63)) & 63) / sizeof(float);
   }
@@ -239,6 +241,7 @@ class Aligned64 {
 
  private:
   std::unique_ptr<float[]> buf_;
+  size_t cap_ = 0;
   float *data_ = nullptr;
 };
 
@@ -583,6 +586,21 @@ struct Run {
   int len, j;
 };
 
+// The buffers of one io_conv worker (see io_conv).
+struct Scratch {
+  Aligned64 qt, yt, zt, mt;  // (rows of kBlockRows floats: whole cache lines)
+  Aligned64 xp, am, mm;      // one image made ready (image by image)
+  std::vector<float> xrow, qrow, yrow, zrow;
+  std::vector<Run> runs;
+  ColumnsBlock cb, mb;
+};
+// This thread's (kept between calls: a few hundred kB allocated and freed per call made glibc
+// trim its heap and the next call fault the pages in again, 100 page faults per call here).
+Scratch &thread_scratch() {
+  static thread_local Scratch w;
+  return w;
+}
+
 void block_runs(int64_t r0, int nr, int64_t L, std::vector<Run> &runs) {
   runs.clear();
   for (int j = 0; j < nr;) {
@@ -802,14 +820,7 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
   // [N * L, M]-like layouts: row r (= n * L + l) at Y + r * position, outputs contiguous
   const bool rows_layout = yl.channel == 1 && yl.image == L * yl.position;
 
-  // One worker's buffers.  (locals, not thread_local: the hot loops must not reach them through
-  // the TLS machinery)
-  struct Scratch {
-    Aligned64 qt, yt, zt, mt;  // (rows of kBlockRows floats: whole cache lines)
-    std::vector<float> xrow, qrow, yrow, zrow;
-    std::vector<Run> runs;
-    ColumnsBlock cb, mb;
-  };
+  // One worker's buffers (thread_scratch()); the hot loops reach them through local pointers.
   auto make_scratch = [&](Scratch &w) {
     w.qt.resize((size_t)K * kBlockRows);
     w.yt.resize((size_t)max_lo * kBlockRows);
@@ -925,9 +936,9 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
     // image stays in cache) and computes the image's blocks right away.
     const int64_t per_image = (L + kBlockRows - 1) / kBlockRows;
     parallel_for_dynamic(s.batch, 1, [&](int64_t b, int64_t e) {
-      Scratch w;
+      Scratch &w = thread_scratch();
       make_scratch(w);
-      Aligned64 xp, am, mm;
+      Aligned64 &xp = w.xp, &am = w.am, &mm = w.mm;
       xp.resize(padded ? (size_t)sp.image_stride : 0);
       am.resize(io.is_perfect ? 0 : (size_t)V);
       mm.resize(io.is_perfect ? 0 : (size_t)V);
@@ -954,7 +965,7 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
       });
     const float *Xu = padded ? x_padded.data() : X;
     parallel_for_dynamic((rows + kBlockRows - 1) / kBlockRows, 1, [&](int64_t b, int64_t e) {
-      Scratch w;
+      Scratch &w = thread_scratch();
       make_scratch(w);
       for (int64_t item = b; item < e; ++item) {
         const int64_t r0 = item * kBlockRows;
