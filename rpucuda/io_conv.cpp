@@ -40,32 +40,30 @@ namespace {
 
 // Noise management needs max |x| and max x of each unfolded row (scan_row_body).  Both are
 // order-independent, so they come from per-pixel maps over the channels, unfolded like the
-// input: amap = max_c |x| (NaN where a channel is NaN), mmap = max_c x (NaNs skipped).
-// Returns whether any element is NaN or Inf.
+// input: amap = max_c |x| (NaN where a channel is NaN: a NaN sticks), and with mmap (not null)
+// mmap = max_c x (NaNs skipped).  Returns whether any element is NaN or Inf.
 template <bool kHw>
 RPU_CONV_AI bool pixel_maps_body(const float *__restrict x, int64_t C, int64_t V, float *__restrict amap,
                                  float *__restrict mmap) {
-  for (int64_t v = 0; v < V; ++v) {
-    amap[v] = 0.0f;
-    mmap[v] = -INFINITY;
-  }
-  std::vector<int> nan_v(V, 0);
-  int *__restrict nan = nan_v.data();
+  for (int64_t v = 0; v < V; ++v) amap[v] = 0.0f;
   int bad = 0;
   for (int64_t c = 0; c < C; ++c) {
     const float *xc = x + c * V;
 #pragma omp simd reduction(| : bad)
     for (int64_t v = 0; v < V; ++v) {
-      const float e = xc[v];
-      const float ae = fabsf(e);
-      amap[v] = ae > amap[v] ? ae : amap[v];
-      mmap[v] = e > mmap[v] ? e : mmap[v];
-      nan[v] |= (e != e);
+      const float ae = fabsf(xc[v]);
+      amap[v] = (ae > amap[v] || ae != ae) ? ae : amap[v];
       bad |= !(ae <= 3.40282347e38f);  // NaN or Inf
     }
   }
-  for (int64_t v = 0; v < V; ++v)
-    if (nan[v]) amap[v] = NAN;
+  if (mmap != nullptr) {
+    for (int64_t v = 0; v < V; ++v) mmap[v] = -INFINITY;
+    for (int64_t c = 0; c < C; ++c) {
+      const float *xc = x + c * V;
+#pragma omp simd
+      for (int64_t v = 0; v < V; ++v) mmap[v] = xc[v] > mmap[v] ? xc[v] : mmap[v];
+    }
+  }
   return bad != 0;
 }
 
@@ -795,7 +793,7 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
     const float *xi = padded ? xp : img;
     bool bad = false;
     if (!io.is_perfect)
-      bad = CONV_CALL(pixel_maps, (xi, s.channels, V, am, mm));
+      bad = CONV_CALL(pixel_maps, (xi, s.channels, V, am, need_mx ? mm : nullptr));
     else if (nonfinite != nullptr)
       bad = scan_nonfinite(n);
     if (bad) any_nonfinite.store(true, std::memory_order_relaxed);
