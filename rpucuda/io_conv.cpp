@@ -244,6 +244,7 @@ class Aligned64 {
 };
 
 constexpr int kBlockRows = 128;  // output positions per block (a multiple of 16; 128 ran 5% faster than 64)
+constexpr int kSlab = 32;  // columns of a slab of the DAC's output (fill_dac)
 constexpr int kFillRows = 16;   // unfolded rows built and converted at a time (stay in L1)
 
 #ifdef RPU_CONV_X86
@@ -290,7 +291,10 @@ template <bool kC, bool kBound>
 __attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, const float *X, bool ones_column,
                                                       int64_t K, int64_t k_cols, int nr, const float *f,
                                                       const float *finv, float step, float bound, float c,
-                                                      float noise, const float *z, float *q, int ld) {
+                                                      float noise, const float *z, float *q, int ld, int slab) {
+  // Element (k, j) of the block at qcol(j)[k * qs]: rows of ld, or slabs of 32 columns (below).
+  const int64_t qs = slab > 0 ? slab : ld;
+  auto qcol = [&](int64_t j) { return slab > 0 ? q + (j / slab) * K * slab + j % slab : q + j; };
   const ConvShape &s = cb.s;
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   // DAC of 16 inputs x of rows j .. j+15 (mask m) into row k.
@@ -299,7 +303,7 @@ __attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, co
     __m512 r = quantize_512<kC, kBound>(qa, step, bound, c,
                                         [&] { return _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, f + j)); });
     if (z != nullptr) r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(noise), _mm512_maskz_loadu_ps(m, z + k * ld + j)));
-    _mm512_mask_storeu_ps(q + k * ld + j, m, r);
+    _mm512_mask_storeu_ps(qcol(j) + k * qs, m, r);
   };
   auto tail = [](int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); };
   for (int64_t k = k_cols; k < K; ++k)  // the ones column
@@ -323,7 +327,7 @@ __attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, co
         const int64_t j = run.j + i;
         const __m512 fi = _mm512_maskz_loadu_ps(m, finv + j);
         const float *xi = x0 + i;
-        float *qj = q + j;
+        float *qj = qcol(j);
         auto exact = [&](__m512 x) { return _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, f + j)); };
         if (m == 0xFFFF && z == nullptr && kBound) {
           // The check of quantize_512 once per group of kGroup rows (the largest |qa - n| of
@@ -341,19 +345,19 @@ __attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, co
               emax = _mm512_max_ps(emax, _mm512_abs_ps(_mm512_sub_ps(qa, n)));
               __m512 r = _mm512_mul_ps(_mm512_add_ps(n, _mm512_setzero_ps()), vstep);  // (+0: as quantize_512)
               if (kC) r = _mm512_max_ps(_mm512_min_ps(r, _mm512_set1_ps(bound)), _mm512_set1_ps(-bound));
-              _mm512_storeu_ps(qj + k * ld, r);
+              _mm512_storeu_ps(qj + k * qs, r);
             }
             if (_mm512_cmp_ps_mask(emax, vc, _CMP_LT_OQ) != 0xFFFF)
               for (int64_t k = k0; k < k1; ++k) {
                 const __m512 x = _mm512_loadu_ps(xi + offk[k]);
-                _mm512_storeu_ps(qj + k * ld, quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c,
+                _mm512_storeu_ps(qj + k * qs, quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c,
                                                                        [&] { return exact(x); }));
               }
           }
         } else if (m == 0xFFFF && z == nullptr) {
           for (int64_t k = 0; k < k_cols; ++k) {
             const __m512 x = _mm512_loadu_ps(xi + offk[k]);
-            _mm512_storeu_ps(qj + k * ld,
+            _mm512_storeu_ps(qj + k * qs,
                              quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c, [&] { return exact(x); }));
           }
         } else {
@@ -362,7 +366,7 @@ __attribute__((target("avx512f"))) void fill_dac_q512(const ColumnsBlock &cb, co
             __m512 r = quantize_512<kC, kBound>(_mm512_mul_ps(x, fi), step, bound, c, [&] { return exact(x); });
             if (z != nullptr)
               r = _mm512_add_ps(r, _mm512_mul_ps(_mm512_set1_ps(noise), _mm512_maskz_loadu_ps(m, z + k * ld + j)));
-            _mm512_mask_storeu_ps(qj + k * ld, m, r);
+            _mm512_mask_storeu_ps(qj + k * qs, m, r);
           }
         }
       }
@@ -492,17 +496,23 @@ void dac_cols(int g_simd, const float *x, int L, int nc, int ld, const float *f,
 
 // Rows 0 .. K-1 of a block (cb) unfolded and through the DAC into q.  amax: the largest |x| of
 // each position (used for the bound of the fast quantization check).
-void fill_dac(const ColumnsBlock &cb, const float *X, bool ones_column, int K, int nr, int ld, const float *f,
-              const float *amax, float step, float bound, float noise, const float *z, float *q) {
+// With slab > 0 (and z null), the AVX-512 path may write the block as slabs of `slab` columns,
+// element (k, j) at q[(j / slab) * K * slab + k * slab + j % slab] (each slab's rows contiguous:
+// the DAC's stores and the product's loads stay in L1); returns whether it did.
+bool fill_dac(const ColumnsBlock &cb, const float *X, bool ones_column, int K, int nr, int ld, const float *f,
+              const float *amax, float step, float bound, float noise, const float *z, float *q, int slab) {
   const int g_simd = simd_level();
   const int64_t k_cols = K - (ones_column ? 1 : 0);
 #ifdef RPU_CONV_X86
   if (g_simd == 2 && step > 0.0f) {
+    // (slabs need every 16-column vector inside one slab: runs starting at multiples of 16)
+    for (const ColumnsBlock::Run &u : cb.runs)
+      if (u.j % 16 != 0) slab = 0;
     alignas(64) float finv[kBlockRows];
     const float B = dac_factors_512(f, amax, nr, 1.0f / step, finv);
     auto run = [&](auto kc, auto kb, float c) {
       fill_dac_q512<decltype(kc)::value, decltype(kb)::value>(cb, X, ones_column, K, k_cols, nr, f, finv, step, bound,
-                                                              c, noise, z, q, ld);
+                                                              c, noise, z, q, ld, z == nullptr ? slab : 0);
     };
     using T = std::true_type;
     using F = std::false_type;
@@ -517,7 +527,7 @@ void fill_dac(const ColumnsBlock &cb, const float *X, bool ones_column, int K, i
       if (bound > 0.0f) run(T{}, F{}, 0.0f);
       else run(F{}, F{}, 0.0f);
     }
-    return;
+    return z == nullptr && slab > 0;
   }
 #endif
   for (int k = 0; k < K; k += kFillRows) {
@@ -526,6 +536,7 @@ void fill_dac(const ColumnsBlock &cb, const float *X, bool ones_column, int K, i
     cb.fill(X, ones_column, k, k + kn, qk, ld);
     dac_cols(g_simd, qk, kn, nr, ld, f, step, bound, noise, z == nullptr ? nullptr : z + (int64_t)k * ld, qk);
   }
+  return false;
 }
 
 void adc_cols(int g_simd, float *y, int L, int nc, int ld, float noise, const float *z, bool check, float sat_bound,
@@ -895,16 +906,22 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
       }
     }
     const bool any_zero = noise_scales(io, amax, mx, nan, nr, sn, f, g);
+    bool slabs = false;  // the DAC's output in slabs of kSlab columns (fill_dac)
     for (int blk = 0; blk < n_blocks; ++blk) {
       const int o0 = blk * out_chunk, Lo = std::min(M, o0 + out_chunk) - o0;
       const uint64_t base0 = noise_base(r0, n_blocks, blk), base_step = noise_base(1, n_blocks, 0);
       for (int j = 0; j < nr; ++j) base[j] = base0 + (uint64_t)j * base_step;
       if (blk == 0 || inp_noise > 0.0f) {  // the DAC (input noise differs per tile)
         if (inp_noise > 0.0f) fill_normal_columns(zt.data(), R, K, nr, base, rng.seed, TAG_INP_NOISE, 0, rng.call);
-        fill_dac(w.cb, xs, ones_column, K, nr, R, f, amax, inp_step, inp_bound, inp_noise,
-                 inp_noise > 0.0f ? zt.data() : nullptr, qt.data());
+        slabs = fill_dac(w.cb, xs, ones_column, K, nr, R, f, amax, inp_step, inp_bound, inp_noise,
+                         inp_noise > 0.0f ? zt.data() : nullptr, qt.data(), kSlab);
       }
-      analog_gemm_columns(nr, Lo, K, qt.data(), R, WT.data() + o0, M, yt.data(), R);
+      if (slabs)
+        for (int j0 = 0; j0 < nr; j0 += kSlab)
+          analog_gemm_columns(std::min(kSlab, nr - j0), Lo, K, qt.data() + (int64_t)j0 * K, kSlab, WT.data() + o0, M,
+                              yt.data() + j0, R);
+      else
+        analog_gemm_columns(nr, Lo, K, qt.data(), R, WT.data() + o0, M, yt.data(), R);
       const float *zout = nullptr;
       if (out_noise > 0.0f) {
         fill_normal_columns(zt.data(), R, Lo, nr, base, rng.seed, TAG_OUT_NOISE, 0, rng.call);

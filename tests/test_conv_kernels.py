@@ -32,6 +32,7 @@ GEOMETRIES = [
     ((5, 6, 4), (2, 3, 2), (1, 2, 1), (1, 0, 1), (2, 1, 1)),
     ((4, 4, 5), (3, 1, 2), (2, 1, 3), (1, 0, 2), (1, 1, 2)),
     ((13, 12), (3, 3), (1, 1), (1, 1), (1, 1)),  # 156 positions: two blocks of io_conv per image
+    ((5, 16), (3, 3), (1, 1), (1, 1), (1, 1)),  # rows of 16 positions: the DAC writes slabs of 32
 ]
 
 
@@ -207,6 +208,8 @@ CONV_SHAPES = [  # (geometry index, N, C, M, groups)
     # at least 4 images per thread (2 threads): io_conv goes image by image
     (7, 9, 3, 4, 1),
     (5, 8, 2, 3, 1),
+    (8, 3, 4, 5, 1),
+    (8, 9, 2, 3, 1),
 ]
 MAPPINGS = [(512, 512), (64, 3), (16, 8)]  # (16, 8): several tiles along the input (fallback)
 
