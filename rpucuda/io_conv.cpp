@@ -831,7 +831,7 @@ void io_conv(const float *W, int M, int K, const float *X, const ConvShape &s, b
 
   // One worker's buffers (thread_scratch()); the hot loops reach them through local pointers.
   auto make_scratch = [&](Scratch &w) {
-    w.qt.resize((size_t)K * kBlockRows);
+    w.qt.resize((size_t)K * ((kBlockRows + kSlab - 1) / kSlab * kSlab));  // (whole slabs)
     w.yt.resize((size_t)max_lo * kBlockRows);
     if (!io.is_perfect) {
       w.zt.resize((size_t)std::max(K, max_lo) * kBlockRows);
