@@ -9,7 +9,8 @@ forward), each beside torch.nn.Linear/Conv2d with torch.optim.SGD.  Median ms an
     python tools/bench_layers.py [--rounds 5] [--repeats 5] [--threads 2] [--quick] [--memory] [--case Conv2d]
 
 "fwd" of InferenceRPUConfig is the eval-mode forward; the others are train-mode.  The models of a
-case are timed in interleaved rounds (see measure_interleaved).  --memory adds the peak RSS growth
+case are timed in interleaved rounds (see measure_interleaved).  The Conv2d case adds "io_conv
+alone": rpucuda's convolution through its binding, without the layer's Python (core_conv).  --memory adds the peak RSS growth
 of three training steps, each configuration in fresh processes (median of 5).
 """
 
@@ -105,6 +106,30 @@ def measure_interleaved(fns, repeats, rounds):
     return {name: {k: statistics.median(v) for k, v in ks.items()} for name, ks in per.items()}, per
 
 
+def core_conv(model, x):
+    """rpucuda's io_conv alone (the binding, output allocated once) with the eval-forward
+    arguments of an InferenceRPUConfig AnalogConv2d: the layer's cost without Python around it."""
+    from aihw_deploy.ops import encode_io, encode_mapping
+    from aihw_deploy.ops._encoding import io_bindings, mapping_bindings
+    from aihw_deploy.simulator import rpu_base
+
+    cfg = model.rpu_config
+    io, mp = io_bindings(tuple(encode_io(cfg.forward))), mapping_bindings(tuple(encode_mapping(cfg.mapping)))
+    w = model.weight.detach().reshape(model.out_channels, -1).contiguous()
+    bias = model.bias.detach().contiguous() if model.bias is not None else None
+    k, st, p, d = (list(v) for v in (model.kernel_size, model.stride, model.padding, model.dilation))
+    with torch.no_grad():
+        y = torch.empty_like(model.eval()(x))
+    calls = [0]
+
+    def fwd():
+        calls[0] += 1
+        rpu_base.tiles.io_conv(w, x, y, io, mp, k, st, p, d, 1, False, None, [1], [calls[0]], bias=bias,
+                               check_finite=True)
+
+    return {"fwd": fwd}
+
+
 def memory_child(case_index: int, config: str) -> None:
     """Peak RSS growth (MiB) of 3 training steps in a fresh process (printed)."""
     name, make_analog, make_torch, xshape = list(cases(False))[case_index]
@@ -180,11 +205,16 @@ def main():
         for cname, cfg in CONFIGS:
             torch.manual_seed(0)
             fns[cname] = timing_functions(make_analog(cfg=cfg()), x, y, AnalogSGD, cname == "Inference")
+        if "Conv2d" in name:  # (interleaved with the others: the same conditions)
+            fns["io_conv alone"] = core_conv(make_analog(cfg=InferenceRPUConfig()), x)
         med, per = measure_interleaved(fns, args.repeats, rounds)
         t = med["torch"]
         t_mem = memory_growth(ci, "torch") if args.memory else 0.0
         for cname in fns:
             a = med[cname]
+            if "fb" not in a:  # (forward only)
+                print(f"{'':32s} {cname:14s} {a['fwd']:8.3f} {a['fwd'] / t['fwd']:6.2f}", flush=True)
+                continue
             mem = ""
             if args.memory:
                 a_mem = t_mem if cname == "torch" else memory_growth(ci, cname)
