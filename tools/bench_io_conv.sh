@@ -3,10 +3,11 @@
 # perf) into build/bench_io_conv/ and runs it with the given arguments:
 #   bash tools/bench_io_conv.sh [calls] [threads] [batch]
 # Profile:  perf record -g build/bench_io_conv/bench_io_conv 1500 && perf report --no-children
-# Needs the scipy-openblas32 wheel in the Python environment (PYTHON, default python3).
+# Needs the scipy-openblas32 wheel in the Python environment (PYTHON; default .venv/bin/python,
+# made by tools/setup_env.sh, else python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+if [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python3}; fi
 inc=$("$PY" -c "import scipy_openblas32 as s; print(s.get_include_dir())")
 lib=$("$PY" -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
 out=build/bench_io_conv
