@@ -210,6 +210,8 @@ CONV_SHAPES = [  # (geometry index, N, C, M, groups)
     (5, 8, 2, 3, 1),
     (8, 3, 4, 5, 1),
     (8, 9, 2, 3, 1),
+    (0, 9, 3, 5, 1),  # 1-D, image by image
+    (2, 8, 4, 6, 2),  # groups, image by image
 ]
 MAPPINGS = [(512, 512), (64, 3), (16, 8)]  # (16, 8): several tiles along the input (fallback)
 
