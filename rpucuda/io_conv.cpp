@@ -556,34 +556,27 @@ void adc_cols(int g_simd, float *y, int L, int nc, int ld, float noise, const fl
 // Noise management of nr positions (noise_scale() of amax[j], or NaN where nan[j], and mx[j]):
 // sn[j], the DAC factor f[j] = 1 / sn[j] (0 for a zero position: its output is 0, and its DAC
 // input 0 instead of 0 * inf) and the output factor g[j] = sn[j].  Returns whether a position
-// is zero.  (One loop per type: branch-free, they vectorize.)
+// is zero.  (The type fixed per loop: branch-free, it vectorizes.)
 bool noise_scales(const IOParameters &io, const float *amax, const float *mx, const int *nan, int nr, float *sn,
                   float *f, float *g) {
   int any_zero = 0;
-  auto run = [&](auto scale) {
+  const float thr = io.nm_thres;
+  auto run = [&](auto nm) {
 #pragma omp simd reduction(| : any_zero)
     for (int j = 0; j < nr; ++j) {
-      const float a = nan[j] ? NAN : amax[j];
-      // (the last line of noise_scale)
-      const float s_ = a == 0.0f ? 0.0f : (a != a ? a : scale(a, mx[j]));
+      const float s_ = noise_scale_t<decltype(nm)::value>(nan[j] ? NAN : amax[j], mx[j], thr);
       sn[j] = s_;
       any_zero |= s_ == 0.0f;
       f[j] = s_ == 0.0f ? 0.0f : 1.0f / (s_ * 1.0f);
       g[j] = s_ * 1.0f;
     }
   };
-  const float thr = io.nm_thres;
+  using NM = NoiseManagementType;
   switch (io.noise_management) {
-    case NoiseManagementType::None: run([](float, float) { return 1.0f; }); break;
-    case NoiseManagementType::Max: run([](float a, float m) { return m > 0.0f ? m : a; }); break;
-    case NoiseManagementType::Constant: {
-      const float c = thr > 0.0f ? thr : 1.0f;
-      run([c](float, float) { return c; });
-      break;
-    }
-    default:
-      if (thr > 0.0f) run([thr](float a, float) { return a > thr ? thr : a; });
-      else run([](float a, float) { return a; });
+    case NM::None: run(std::integral_constant<NM, NM::None>{}); break;
+    case NM::Max: run(std::integral_constant<NM, NM::Max>{}); break;
+    case NM::Constant: run(std::integral_constant<NM, NM::Constant>{}); break;
+    default: run(std::integral_constant<NM, NM::AbsMax>{});
   }
   return any_zero != 0;
 }

@@ -2,6 +2,7 @@
 #pragma once
 #include <cmath>
 
+#include "parameters.h"
 #include "rng.h"
 
 namespace rpu {
@@ -48,6 +49,35 @@ RPU_HD float quantize_clip_t(float v, float step, float bound, float u) {
   }
   if (kClip) v = v < -bound ? -bound : (v > bound ? bound : v);
   return v_in != v_in ? v_in : v;
+}
+
+// Noise management (SPEC §1.3): the scale of one input vector from its max |x| (amax, NaN if
+// the vector has a NaN) and its max x (mx); 0 for a zero vector (whose output is 0), NaN for a
+// vector with a NaN.  kNM: the type known at compile time (branch-free element loops).
+template <NoiseManagementType kNM>
+RPU_HD float noise_scale_t(float amax, float mx, float nm_thres) {
+  float sn;
+  if (kNM == NoiseManagementType::None) {
+    sn = 1.0f;
+  } else if (kNM == NoiseManagementType::Max) {
+    sn = mx > 0.0f ? mx : amax;
+  } else if (kNM == NoiseManagementType::Constant) {
+    sn = nm_thres > 0.0f ? nm_thres : 1.0f;
+  } else {  // AbsMax, AverageAbsMax
+    sn = amax;
+    if (nm_thres > 0.0f && sn > nm_thres) sn = nm_thres;
+  }
+  return amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
+}
+
+// The same with the type known at run time.
+RPU_HD float noise_scale_of(NoiseManagementType nm, float amax, float mx, float nm_thres) {
+  switch (nm) {
+    case NoiseManagementType::None: return noise_scale_t<NoiseManagementType::None>(amax, mx, nm_thres);
+    case NoiseManagementType::Max: return noise_scale_t<NoiseManagementType::Max>(amax, mx, nm_thres);
+    case NoiseManagementType::Constant: return noise_scale_t<NoiseManagementType::Constant>(amax, mx, nm_thres);
+    default: return noise_scale_t<NoiseManagementType::AbsMax>(amax, mx, nm_thres);
+  }
 }
 
 // Calls body.template run<kQuant, kClip>() for the case of (step, bound), so element loops are

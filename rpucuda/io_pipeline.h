@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "io_math.h"
 #include "parameters.h"
 
 namespace rpu {
@@ -50,19 +51,7 @@ const float *read_weights(const float *W, int M, int K, const IOParameters &io, 
 // Noise management (SPEC §1.3): the scale s of one input vector from its max |x| (amax, NaN if
 // the vector has a NaN) and its max x; 0 for a zero vector (whose output is 0).
 inline float noise_scale(const IOParameters &io, float amax, float mx) {
-  float sn;
-  switch (io.noise_management) {
-    case NoiseManagementType::None: sn = 1.0f; break;
-    case NoiseManagementType::Max: sn = mx > 0.0f ? mx : amax; break;
-    case NoiseManagementType::Constant: sn = io.nm_thres > 0.0f ? io.nm_thres : 1.0f; break;
-    case NoiseManagementType::AverageAbsMax:
-    case NoiseManagementType::AbsMax:
-    default:
-      sn = amax;
-      if (io.nm_thres > 0.0f && sn > io.nm_thres) sn = io.nm_thres;
-  }
-  // A vector of zeros gives zero output whatever the scale; a vector with NaN gives NaN.
-  return amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
+  return noise_scale_of(io.noise_management, amax, mx, io.nm_thres);
 }
 
 // Bound management (SPEC §1.8) of a vector whose output saturated at iteration `it` with scale s

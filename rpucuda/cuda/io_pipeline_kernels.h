@@ -135,20 +135,9 @@ RPU_HD RedScan io_scan_partial(const float *x, int L, int t, int T) {
 // Noise-management scale of a row (0 for a zero row, NaN for a row with a NaN); *amax_out: the
 // row's max|x| (NaN with a NaN), which AverageAbsMax averages.
 RPU_HD float io_noise_scale(const RedScan &r, NoiseManagementType nm, float nm_thres, float *amax_out) {
-  float amax = r.nan ? NAN : r.amax;
-  float sn;
-  switch (nm) {
-    case NoiseManagementType::None: sn = 1.0f; break;
-    case NoiseManagementType::Max: sn = r.mx > 0.0f ? r.mx : amax; break;
-    case NoiseManagementType::Constant: sn = nm_thres > 0.0f ? nm_thres : 1.0f; break;
-    case NoiseManagementType::AverageAbsMax:
-    case NoiseManagementType::AbsMax:
-    default:
-      sn = amax;
-      if (nm_thres > 0.0f && sn > nm_thres) sn = nm_thres;
-  }
+  const float amax = r.nan ? NAN : r.amax;
   *amax_out = amax;
-  return amax == 0.0f ? 0.0f : (amax != amax ? amax : sn);
+  return noise_scale_of(nm, amax, r.mx, nm_thres);
 }
 
 // DAC of elements 4j .. 4j+3 (< L) of a row slice: q = quantize_clip(x * f) (+ inp_noise * xi).

@@ -86,6 +86,16 @@ inline void expect_2d(const FloatBuf &b, const char *name, int64_t rows, int64_t
   }
 }
 
+// An optional vector of n floats (e.g. a digital bias): nullptr for None, else its data.
+inline const float *optional_vector(py::handle obj, const char *name, int64_t n) {
+  if (obj.is_none()) return nullptr;
+  FloatBuf b = as_float_buffer(obj, name, false);
+  if (b.numel() != n)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " values, got shape " +
+                          shape_str(b.shape));
+  return b.ptr;
+}
+
 inline py::array_t<float> new_array(int64_t rows, int64_t cols) {
   return py::array_t<float>({(py::ssize_t)rows, (py::ssize_t)cols});
 }

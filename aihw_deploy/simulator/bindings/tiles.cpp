@@ -24,6 +24,7 @@ using namespace rpu;
 using aihw::as_float_buffer;
 using aihw::expect_2d;
 using aihw::FloatBuf;
+using aihw::optional_vector;
 
 namespace {
 
@@ -321,14 +322,7 @@ void bind_tiles(py::module_ &m) {
             if (na != 1 && na != outn) throw py::value_error("alpha: expected 1 or " + std::to_string(outn) + " values");
             ap = ab.ptr;
           }
-          const float *bp = nullptr;
-          if (!bias.is_none()) {
-            FloatBuf bb = as_float_buffer(bias, "bias", false);
-            if (bb.numel() != outn)
-              throw py::value_error("bias: expected " + std::to_string(outn) + " values, got shape " +
-                                    aihw::shape_str(bb.shape));
-            bp = bb.ptr;
-          }
+          const float *bp = optional_vector(bias, "bias", outn);
           float *y;
           py::object r = output_or_new(out, "out", xb.shape[0], outn, &y);
           py::gil_scoped_release nogil;
@@ -466,14 +460,7 @@ void bind_tiles(py::module_ &m) {
             ap = ab.ptr;
             na = (int)per;
           }
-          const float *bp = nullptr;
-          if (!bias.is_none()) {
-            FloatBuf bb = as_float_buffer(bias, "bias", false);
-            if (bb.numel() != M)
-              throw py::value_error("bias: expected " + std::to_string(M) + " values, got shape " +
-                                    aihw::shape_str(bb.shape));
-            bp = bb.ptr;
-          }
+          const float *bp = optional_vector(bias, "bias", M);
           const int64_t L = s.out_volume();
           const ConvOutputLayout yl = layout == "rows" ? ConvOutputLayout::rows(M, L) : ConvOutputLayout::channels(M, L);
           bool finite = true;
