@@ -76,7 +76,7 @@ def _mvm(x2d: Tensor, weight: Tensor, alpha: Optional[Tensor], io, mapping, seed
 
 # -- analog_mvm ------------------------------------------------------------------------------------
 def analog_mvm_eager(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], io: List[float],
-               mapping: List[int], seed: int, call: int) -> Tensor:
+                     mapping: List[int], seed: int, call: int) -> Tensor:
     """``y = io_mvm(weight, x) (+ bias)``: the analog product of one layer.
 
     Args:
@@ -122,8 +122,9 @@ def conv_output_size(size: Sequence[int], kernel: Sequence[int], stride: Sequenc
 
 
 def analog_conv_eager(x: Tensor, weight: Tensor, bias: Optional[Tensor], alpha: Optional[Tensor], io: List[float],
-                mapping: List[int], kernel_size: List[int], stride: List[int], padding: List[int],
-                dilation: List[int], groups: int, analog_bias: bool, seeds: List[int], calls: List[int]) -> Tensor:
+                      mapping: List[int], kernel_size: List[int], stride: List[int], padding: List[int],
+                      dilation: List[int], groups: int, analog_bias: bool, seeds: List[int],
+                      calls: List[int]) -> Tensor:
     """Convolution (1, 2 or 3 spatial dims) as im2col + one analog product per group tile (on the
     CPU in one pass, see ``_conv_cpu``).
 
